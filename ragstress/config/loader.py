@@ -1,0 +1,256 @@
+"""YAML → validated, frozen config, with every problem reported as ``file:line: key: what``.
+
+PyYAML's composer gives each node its position; we build plain data from the node tree while
+remembering the line of every key, then map each pydantic error location back to a line.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar, Union, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from ragstress.config.profile import Profile
+from ragstress.config.scenario import Scenario
+
+__all__ = ["ConfigError", "load_profile", "load_scenario", "load_yaml_with_lines", "parse_config"]
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+Path_ = tuple[str | int, ...]
+
+
+class ConfigError(Exception):
+    """One or more problems in configuration files, each a ready-to-print line."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+def load_yaml_with_lines(text: str, source: str) -> tuple[Any, dict[Path_, int]]:
+    """Parse YAML; return the data and a map from key path to 1-based line number."""
+    loader = yaml.SafeLoader(text)
+    lines: dict[Path_, int] = {}
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None, lines
+        data = _build(loader, node, (), lines, source)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else 1
+        problem = exc.problem or exc.context or "malformed YAML"
+        raise ConfigError([f"{source}:{line}: invalid YAML: {problem}"]) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{source}:1: invalid YAML: {exc}"]) from None
+    finally:
+        loader.dispose()
+    return data, lines
+
+
+def _build(
+    loader: yaml.SafeLoader, node: yaml.Node, path: Path_, lines: dict[Path_, int], source: str
+) -> Any:
+    lines.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        loader.flatten_mapping(node)  # resolves "<<" merge keys
+        out: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            key = loader.construct_object(key_node, deep=True)
+            key_line = key_node.start_mark.line + 1
+            if not isinstance(key, str | int | float | bool):
+                raise ConfigError([f"{source}:{key_line}: {_dotted(path)}: keys must be scalars"])
+            if key in out:
+                where = _dotted((*path, str(key)))
+                raise ConfigError([f"{source}:{key_line}: {where}: duplicate key"])
+            child = (*path, str(key))
+            lines[child] = key_line
+            out[key] = _build(loader, value_node, child, lines, source)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [
+            _build(loader, item, (*path, i), lines, source) for i, item in enumerate(node.value)
+        ]
+    return loader.construct_object(node, deep=True)
+
+
+def _dotted(path: Sequence[str | int]) -> str:
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + part
+    return out or "(top level)"
+
+
+def _strip(tp: Any) -> Any:
+    while get_origin(tp) is typing.Annotated:
+        tp = get_args(tp)[0]
+    return tp
+
+
+def _union_members(tp: Any) -> list[Any] | None:
+    if get_origin(tp) in (Union, types.UnionType):
+        return [_strip(a) for a in get_args(tp) if a is not type(None)]
+    return None
+
+
+def _kind_of(model: type[BaseModel]) -> str | None:
+    field = model.model_fields.get("kind")
+    if field is None:
+        return None
+    args = get_args(field.annotation)
+    return str(args[0]) if args else None
+
+
+def _step(tp: Any, element: str | int) -> tuple[Any, bool]:
+    """Follow one error-location element through a type. Returns (next type, consumed) where
+    ``consumed`` is False when the element was a union tag rather than a key in the data."""
+    tp = _strip(tp)
+    members = _union_members(tp)
+    if members is not None:
+        for m in members:
+            if isinstance(m, type) and issubclass(m, BaseModel) and _kind_of(m) == element:
+                return m, False
+        for m in members:
+            nxt, consumed = _step(m, element)
+            if nxt is not None:
+                return nxt, consumed
+        return None, True
+    if get_origin(tp) in (list, Sequence, tuple) and isinstance(element, int):
+        return _strip(get_args(tp)[0]), True
+    if isinstance(tp, type) and issubclass(tp, BaseModel) and isinstance(element, str):
+        field = tp.model_fields.get(element)
+        if field is not None:
+            return field.annotation, True
+    return None, True
+
+
+def _allowed_keys(tp: Any, data: Any) -> list[str]:
+    tp = _strip(tp)
+    members = _union_members(tp)
+    if members is not None:
+        kind = data.get("kind") if isinstance(data, Mapping) else None
+        for m in members:
+            if isinstance(m, type) and issubclass(m, BaseModel) and _kind_of(m) in (kind, None):
+                return list(m.model_fields)
+        return []
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return list(tp.model_fields)
+    return []
+
+
+def _describe(error: Any, allowed: list[str]) -> str:
+    kind = error["type"]
+    msg = str(error["msg"])
+    ctx = error.get("ctx") or {}
+    if kind == "extra_forbidden":
+        return f"unknown key (allowed: {', '.join(k for k in allowed if k != 'kind')})"
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "union_tag_invalid":
+        return f"unknown kind {ctx.get('tag')!r} (allowed: {_plain(ctx.get('expected_tags'))})"
+    if kind == "union_tag_not_found":
+        return "missing key 'kind' that says which variant this is"
+    if kind == "literal_error":
+        return f"got {error.get('input')!r} (allowed: {_plain(ctx.get('expected'))})"
+    if kind in ("value_error", "assertion_error"):
+        return msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    if "input" in error and not isinstance(error["input"], Mapping | list):
+        return f"{msg[0].lower()}{msg[1:]} (got {error['input']!r})"
+    return f"{msg[0].lower()}{msg[1:]}"
+
+
+def _plain(text: Any) -> str:
+    return str(text).replace("'", "")
+
+
+def _format_errors(
+    exc: ValidationError, model: type[BaseModel], data: Any, lines: dict[Path_, int], source: str
+) -> list[str]:
+    problems: list[str] = []
+    for error in exc.errors():
+        tp: Any = model
+        node = data
+        path: list[str | int] = []
+        line = lines.get((), 1)
+        for element in error["loc"]:
+            nxt, consumed = _step(tp, element)
+            if not consumed:
+                tp = nxt
+                continue
+            path.append(element)
+            tp = nxt
+            key = tuple(str(p) if not isinstance(p, int) else p for p in path)
+            if key in lines:
+                line = lines[key]
+            if isinstance(node, Mapping) and element in node:
+                node = node[element]
+            elif isinstance(node, list) and isinstance(element, int) and element < len(node):
+                node = node[element]
+            else:
+                node = None
+        parent_type: Any = model
+        for element in error["loc"][:-1]:
+            parent_type, _ = _step(parent_type, element)
+        parent_data = _data_at(data, error["loc"][:-1])
+        allowed = _allowed_keys(parent_type, parent_data)
+        problems.append(f"{source}:{line}: {_dotted(path)}: {_describe(error, allowed)}")
+    return problems
+
+
+def _data_at(data: Any, loc: Sequence[str | int]) -> Any:
+    for element in loc:
+        if isinstance(data, Mapping) and element in data:
+            data = data[element]
+        elif isinstance(data, list) and isinstance(element, int) and element < len(data):
+            data = data[element]
+    return data
+
+
+def parse_config(
+    text: str, model: type[ModelT], source: str, context: dict[str, Any] | None = None
+) -> ModelT:
+    """Validate YAML text against ``model``; raise ConfigError with one line per problem."""
+    data, lines = load_yaml_with_lines(text, source)
+    expected = ", ".join(k for k in model.model_fields if k != "kind")
+    if data is None:
+        raise ConfigError([f"{source}:1: (top level): the file is empty (expected keys: {expected})"])
+    if not isinstance(data, Mapping):
+        raise ConfigError(
+            [f"{source}:1: (top level): expected a mapping of keys (allowed: {expected})"]
+        )
+    try:
+        return model.model_validate(data, context=context)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, model, data, lines, source)) from None
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: no such file"]) from None
+    except IsADirectoryError:
+        raise ConfigError([f"{path}: is a folder, expected a YAML file"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{path}:1: not UTF-8 text ({exc.reason})"]) from None
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read ({exc.strerror})"]) from None
+
+
+def load_profile(path: str | Path) -> Profile:
+    p = Path(path)
+    return parse_config(_read(p), Profile, str(p))
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    """Load a scenario; a trace file is resolved relative to the scenario's folder."""
+    p = Path(path)
+    return parse_config(_read(p), Scenario, str(p), context={"base_dir": p.parent})

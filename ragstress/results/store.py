@@ -1,0 +1,151 @@
+"""Run folders on disk. The only code in ragstress that writes results.
+
+Every file is written to a temporary name in the same folder and renamed into place, so a
+reader never sees half a file and an interrupted write leaves the previous version intact.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ragstress.results.schema import Manifest, RunResult
+
+__all__ = ["ResultsError", "read_run", "read_summary", "write_atomic", "write_run"]
+
+MANIFEST = "manifest.json"
+REQUESTS = "requests.csv"
+TIMESERIES = "timeseries.csv"
+SUMMARY = "summary.json"
+
+_INT_COLUMNS = {"id", "attempts", "tokens_in", "tokens_out"}
+_STR_COLUMNS = {"outcome"}
+
+
+class ResultsError(Exception):
+    """A run folder is missing or unreadable."""
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        Path(tmp).replace(path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _cell(value: Any) -> Any:
+    # floats keep full precision (repr round-trips); NaN means "did not apply" → empty cell
+    if isinstance(value, float) and math.isnan(value):
+        return ""
+    return value
+
+
+def _csv_bytes(columns: Mapping[str, np.ndarray]) -> bytes:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    names = list(columns)
+    writer.writerow(names)
+    lists = [columns[c].tolist() for c in names]
+    writer.writerows([_cell(v) for v in row] for row in zip(*lists, strict=True))
+    return buf.getvalue().encode()
+
+
+def _json_bytes(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=2, allow_nan=False, default=_json_default) + "\n").encode()
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return None if math.isnan(float(obj)) else float(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def _nan_to_none(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, Mapping):
+        return {k: _nan_to_none(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_nan_to_none(v) for v in obj]
+    return obj
+
+
+def write_run(
+    folder: str | Path, result: RunResult, summary: Mapping[str, Any] | None = None
+) -> Path:
+    """Write ``result`` (and its summary, if given) into ``folder``. Returns the folder.
+
+    The manifest goes last, so a folder with a manifest has all its files.
+    """
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / REQUESTS, _csv_bytes(result.requests))
+    if result.timeseries is not None:
+        write_atomic(out / TIMESERIES, _csv_bytes(result.timeseries))
+    if summary is not None:
+        write_atomic(out / SUMMARY, _json_bytes(_nan_to_none(summary)))
+    write_atomic(out / MANIFEST, _json_bytes(result.manifest.model_dump(mode="json")))
+    return out
+
+
+def _read_csv(path: Path) -> dict[str, np.ndarray]:
+    with path.open(newline="", encoding="utf-8") as fh:
+        reader = csv.reader(fh)
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise ResultsError(f"{path}: empty file") from None
+        rows = list(reader)
+    cols: dict[str, np.ndarray] = {}
+    for k, name in enumerate(header):
+        raw = [r[k] if k < len(r) else "" for r in rows]
+        if name in _STR_COLUMNS:
+            cols[name] = np.asarray(raw, dtype=str)
+        elif name in _INT_COLUMNS or name.endswith(("_queue", "_busy")) or name == "in_flight":
+            cols[name] = np.asarray([int(v) if v else 0 for v in raw], dtype=np.int64)
+        else:
+            cols[name] = np.asarray([float(v) if v else math.nan for v in raw], dtype=float)
+    return cols
+
+
+def read_run(folder: str | Path) -> RunResult:
+    """Read a run folder written by ``write_run`` (simulated or measured)."""
+    out = Path(folder)
+    manifest_path = out / MANIFEST
+    if not manifest_path.is_file():
+        raise ResultsError(f"{out}: not a run folder (no {MANIFEST})")
+    try:
+        manifest = Manifest.model_validate_json(manifest_path.read_text(encoding="utf-8"))
+        requests = _read_csv(out / REQUESTS)
+        timeseries = _read_csv(out / TIMESERIES) if (out / TIMESERIES).is_file() else None
+    except (OSError, ValueError) as exc:
+        raise ResultsError(f"{out}: unreadable run folder ({exc})") from None
+    return RunResult(manifest=manifest, requests=requests, timeseries=timeseries)
+
+
+def read_summary(folder: str | Path) -> dict[str, Any] | None:
+    path = Path(folder) / SUMMARY
+    if not path.is_file():
+        return None
+    data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return data
