@@ -134,7 +134,7 @@ class Empirical(StrictModel):
         if self.weights is None:
             return None
         w = np.asarray(self.weights, dtype=float)
-        return w / w.sum()
+        return np.asarray(w / w.sum(), dtype=float)
 
     def expected(self) -> float:
         p = self._p()

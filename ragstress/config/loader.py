@@ -34,49 +34,117 @@ class ConfigError(Exception):
 
 def load_yaml_with_lines(text: str, source: str) -> tuple[Any, dict[Path_, int]]:
     """Parse YAML; return the data and a map from key path to 1-based line number."""
-    loader = yaml.SafeLoader(text)
     lines: dict[Path_, int] = {}
+    loader: yaml.SafeLoader | None = None
     try:
+        loader = yaml.SafeLoader(text)  # rejects control characters here, before parsing
         node = loader.get_single_node()
         if node is None:
             return None, lines
-        data = _build(loader, node, (), lines, source)
+        data = _build(loader, node, (), lines, source, _written_keys(node), set())
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else 1
         problem = exc.problem or exc.context or "malformed YAML"
         raise ConfigError([f"{source}:{line}: invalid YAML: {problem}"]) from None
+    except yaml.reader.ReaderError as exc:
+        at = exc.position if isinstance(exc.position, int) else 0
+        line = text.count("\n", 0, at) + 1
+        what = f"unacceptable character #x{exc.character:04x}: {exc.reason}"
+        raise ConfigError([f"{source}:{line}: invalid YAML: {what}"]) from None
     except yaml.YAMLError as exc:
-        raise ConfigError([f"{source}:1: invalid YAML: {exc}"]) from None
+        problem = " ".join(str(exc).split())
+        raise ConfigError([f"{source}:1: invalid YAML: {problem}"]) from None
+    except RecursionError:
+        raise ConfigError([f"{source}:1: invalid YAML: nested too deeply"]) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     return data, lines
 
 
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def _written_keys(root: yaml.Node) -> dict[int, set[int]]:
+    """For each mapping, the key nodes written in it, as opposed to those a ``<<`` merge copies
+    in. Taken before any merge is resolved, since resolving one rewrites the nodes in place."""
+    keys: dict[int, set[int]] = {}
+    seen: set[int] = set()
+    todo = [root]
+    while todo:
+        node = todo.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            keys[id(node)] = {id(k) for k, _ in node.value if k.tag != _MERGE_TAG}
+            for key_node, value_node in node.value:
+                todo += [key_node, value_node]
+        elif isinstance(node, yaml.SequenceNode):
+            todo += node.value
+    return keys
+
+
 def _build(
-    loader: yaml.SafeLoader, node: yaml.Node, path: Path_, lines: dict[Path_, int], source: str
+    loader: yaml.SafeLoader,
+    node: yaml.Node,
+    path: Path_,
+    lines: dict[Path_, int],
+    source: str,
+    written: dict[int, set[int]],
+    active: set[int],
 ) -> Any:
     lines.setdefault(path, node.start_mark.line + 1)
+    if id(node) in active:
+        line = node.start_mark.line + 1
+        where = _dotted(path)
+        raise ConfigError([f"{source}:{line}: {where}: an alias here refers to itself"])
     if isinstance(node, yaml.MappingNode):
-        loader.flatten_mapping(node)  # resolves "<<" merge keys
+        loader.flatten_mapping(node)  # resolves "<<" merge keys; merged entries come first
         out: dict[Any, Any] = {}
+        own: set[Any] = set()
+        active.add(id(node))
         for key_node, value_node in node.value:
-            key = loader.construct_object(key_node, deep=True)
+            key = _construct(loader, key_node, path, source)
             key_line = key_node.start_mark.line + 1
             if not isinstance(key, str | int | float | bool):
                 raise ConfigError([f"{source}:{key_line}: {_dotted(path)}: keys must be scalars"])
-            if key in out:
-                where = _dotted((*path, str(key)))
-                raise ConfigError([f"{source}:{key_line}: {where}: duplicate key"])
             child = (*path, str(key))
+            if key in own:
+                raise ConfigError([f"{source}:{key_line}: {_dotted(child)}: duplicate key"])
+            if key in out:  # a key written here overrides one that "<<" brought in
+                for stale in [p for p in lines if p[: len(child)] == child]:
+                    del lines[stale]
+            if id(key_node) in written.get(id(node), ()):
+                own.add(key)
             lines[child] = key_line
-            out[key] = _build(loader, value_node, child, lines, source)
+            out[key] = _build(loader, value_node, child, lines, source, written, active)
+        active.discard(id(node))
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [
-            _build(loader, item, (*path, i), lines, source) for i, item in enumerate(node.value)
+        active.add(id(node))
+        items = [
+            _build(loader, item, (*path, i), lines, source, written, active)
+            for i, item in enumerate(node.value)
         ]
-    return loader.construct_object(node, deep=True)
+        active.discard(id(node))
+        return items
+    return _construct(loader, node, path, source)
+
+
+def _construct(loader: yaml.SafeLoader, node: yaml.Node, path: Path_, source: str) -> Any:
+    """A scalar's value. PyYAML raises plain Python errors for text that matches a type's
+    pattern but is no valid value (``2024-13-45``, ``!!float abc``); report those too."""
+    try:
+        return loader.construct_object(node, deep=True)
+    except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
+        line = node.start_mark.line + 1
+        tag = str(node.tag).rsplit(":", 1)[-1]
+        why = f": {exc}" if isinstance(exc, ValueError | OverflowError) else ""
+        raise ConfigError(
+            [f"{source}:{line}: {_dotted(path)}: cannot read {node.value!r} as {tag}{why}"]
+        ) from None
 
 
 def _dotted(path: Sequence[str | int]) -> str:
@@ -177,7 +245,6 @@ def _format_errors(
     problems: list[str] = []
     for error in exc.errors():
         tp: Any = model
-        node = data
         path: list[str | int] = []
         line = lines.get((), 1)
         for element in error["loc"]:
@@ -190,12 +257,6 @@ def _format_errors(
             key = tuple(str(p) if not isinstance(p, int) else p for p in path)
             if key in lines:
                 line = lines[key]
-            if isinstance(node, Mapping) and element in node:
-                node = node[element]
-            elif isinstance(node, list) and isinstance(element, int) and element < len(node):
-                node = node[element]
-            else:
-                node = None
         parent_type: Any = model
         for element in error["loc"][:-1]:
             parent_type, _ = _step(parent_type, element)
@@ -206,11 +267,17 @@ def _format_errors(
 
 
 def _data_at(data: Any, loc: Sequence[str | int]) -> Any:
+    """The data under ``loc``, skipping elements that are not keys (union tags)."""
     for element in loc:
-        if isinstance(data, Mapping) and element in data:
-            data = data[element]
-        elif isinstance(data, list) and isinstance(element, int) and element < len(data):
-            data = data[element]
+        data = _child(data, element)
+    return data
+
+
+def _child(data: Any, element: str | int) -> Any:
+    if isinstance(data, Mapping) and element in data:
+        return data[element]
+    if isinstance(data, list) and isinstance(element, int) and element < len(data):
+        return data[element]
     return data
 
 
@@ -221,7 +288,9 @@ def parse_config(
     data, lines = load_yaml_with_lines(text, source)
     expected = ", ".join(k for k in model.model_fields if k != "kind")
     if data is None:
-        raise ConfigError([f"{source}:1: (top level): the file is empty (expected keys: {expected})"])
+        raise ConfigError(
+            [f"{source}:1: (top level): the file is empty (expected keys: {expected})"]
+        )
     if not isinstance(data, Mapping):
         raise ConfigError(
             [f"{source}:1: (top level): expected a mapping of keys (allowed: {expected})"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -87,7 +88,7 @@ class StepRate(StrictModel):
     def _ordered(cls, steps: list[Step]) -> list[Step]:
         if steps[0].at_s != 0:
             raise ValueError("the first step must start at at_s: 0")
-        for a, b in zip(steps, steps[1:], strict=False):
+        for a, b in itertools.pairwise(steps):
             if b.at_s <= a.at_s:
                 raise ValueError("steps must be in increasing at_s order")
         return steps
@@ -126,7 +127,7 @@ class SpikeRate(StrictModel):
             out = np.full_like(t, self.base_rps, dtype=float)
             out[(t >= up1) & (t < dn0)] = self.peak_rps
             return out
-        return np.interp(t, xs, ys)
+        return np.asarray(np.interp(t, xs, ys), dtype=float)
 
     def breakpoints(self, span: float) -> list[float]:
         del span

@@ -64,11 +64,11 @@ def simulate(
     for stage, demand in reversed(list(zip(profile.stages, demands, strict=True))):
         station = FifoStation(
             env,
-            stage.name,
-            stage.servers,
-            stage.queue_limit,
-            demand.service_s.tolist(),
-            None if demand.first_token_s is None else demand.first_token_s.tolist(),
+            name=stage.name,
+            servers=stage.servers,
+            queue_limit=stage.queue_limit,
+            service_s=demand.service_s.tolist(),
+            first_token_s=None if demand.first_token_s is None else demand.first_token_s.tolist(),
             on_done=handoff,
             on_shed=shed,
         )
@@ -79,7 +79,7 @@ def simulate(
 
     def arrive(event: simpy.Event) -> None:
         nonlocal in_flight
-        i: int = event.value
+        i: int = event.value  # type: ignore[assignment]  # a Timeout carries the request id
         in_flight += 1
         enter(i)
         if i + 1 < n:

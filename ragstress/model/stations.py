@@ -51,6 +51,7 @@ class FifoStation:
     def __init__(
         self,
         env: simpy.Environment,
+        *,
         name: str,
         servers: int,
         queue_limit: int | None,

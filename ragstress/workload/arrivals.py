@@ -38,9 +38,7 @@ def cumulative_rate(shape: RateFunction, span: float) -> tuple[np.ndarray, np.nd
     return t, cum
 
 
-def unit_renewal(
-    kind: str, total: float, rng: np.random.Generator, cv: float = 1.0
-) -> np.ndarray:
+def unit_renewal(kind: str, total: float, rng: np.random.Generator, cv: float = 1.0) -> np.ndarray:
     """Points of a unit-rate renewal process on [0, total)."""
     if total <= 0:
         return np.empty(0)
@@ -72,4 +70,4 @@ def rescaled_arrivals(
 ) -> np.ndarray:
     t, cum = cumulative_rate(shape, span)
     units = unit_renewal(kind, float(cum[-1]), rng, cv)
-    return np.interp(units, cum, t)
+    return np.asarray(np.interp(units, cum, t), dtype=float)

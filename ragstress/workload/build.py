@@ -44,7 +44,7 @@ class Workload:
 
     def prompt_tokens(self, system_prompt_tokens: int = 0) -> np.ndarray:
         """What an LLM reads for each request: system prompt + query + retrieved context."""
-        return system_prompt_tokens + self.query_tokens + self.context_tokens
+        return np.asarray(system_prompt_tokens + self.query_tokens + self.context_tokens)
 
     def offered_rate(self, t: np.ndarray) -> np.ndarray:
         """The scenario's intended arrival rate (req/s) at times ``t``; for a trace, the
@@ -54,7 +54,7 @@ class Workload:
             edges = np.arange(0.0, self.duration_s + 1.0, 1.0)
             counts, _ = np.histogram(self.arrival_s, bins=edges)
             idx = np.clip(np.floor(t).astype(int), 0, counts.size - 1)
-            return counts[idx].astype(float)
+            return np.asarray(counts[idx], dtype=float)
         return arrivals.rate.rate(np.asarray(t, dtype=float), self.duration_s)
 
     def query_text(self, i: int) -> str:
@@ -73,7 +73,7 @@ class Workload:
 
 def _tokens(dist: Distribution, rng: np.random.Generator, n: int) -> np.ndarray:
     values = np.rint(dist.draw(rng, n))
-    return np.maximum(values, 1).astype(np.int64)
+    return np.asarray(np.maximum(values, 1), dtype=np.int64)
 
 
 def build_workload(scenario: Scenario, seed: int | None = None) -> Workload:

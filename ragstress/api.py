@@ -1,0 +1,75 @@
+"""The library API the CLI is a thin layer over: load, simulate, summarise, store."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from ragstress.analysis import summarize
+from ragstress.config import ConfigError, Profile, Scenario, load_profile, load_scenario
+from ragstress.model import ProgressCallback, simulate
+from ragstress.results import RunResult, write_run
+from ragstress.workload import build_workload
+
+__all__ = ["SimulationRun", "load_pair", "simulate_files", "simulate_scenario"]
+
+
+@dataclass(frozen=True)
+class SimulationRun:
+    result: RunResult
+    summary: dict[str, Any]
+
+
+def simulate_scenario(
+    scenario: Scenario,
+    profile: Profile,
+    *,
+    seed: int | None = None,
+    progress: ProgressCallback | None = None,
+) -> SimulationRun:
+    """Materialise the workload, run the model, summarise. Pure apart from the clock stamp."""
+    workload = build_workload(scenario, seed)
+    result = simulate(workload, profile, progress=progress)
+    stamped = RunResult(
+        manifest=result.manifest.model_copy(
+            update={"started_at": datetime.now(UTC).isoformat(timespec="seconds")}
+        ),
+        requests=result.requests,
+        timeseries=result.timeseries,
+    )
+    return SimulationRun(result=stamped, summary=summarize(stamped))
+
+
+def load_pair(scenario_path: str | Path, profile_path: str | Path) -> tuple[Scenario, Profile]:
+    """Load a scenario and a profile, reporting the problems of both files at once."""
+    problems: list[str] = []
+    scenario: Scenario | None = None
+    profile: Profile | None = None
+    try:
+        scenario = load_scenario(scenario_path)
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+    try:
+        profile = load_profile(profile_path)
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+    if problems or scenario is None or profile is None:
+        raise ConfigError(problems)
+    return scenario, profile
+
+
+def simulate_files(
+    scenario_path: str | Path,
+    profile_path: str | Path,
+    out: str | Path,
+    *,
+    seed: int | None = None,
+    progress: ProgressCallback | None = None,
+) -> SimulationRun:
+    """Load both files (ConfigError on any problem), simulate and write the run folder."""
+    scenario, profile = load_pair(scenario_path, profile_path)
+    run = simulate_scenario(scenario, profile, seed=seed, progress=progress)
+    write_run(out, run.result, run.summary)
+    return run
