@@ -39,6 +39,7 @@ def write_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        Path(tmp).chmod(0o644)  # mkstemp makes 0600; results are meant to be shared and served
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()

@@ -1,0 +1,19 @@
+"""Charts and a self-contained HTML/Markdown report of one run (reads runs, never runs)."""
+
+from ragstress.report.charts import (
+    latency_cdf,
+    latency_over_time,
+    queues_over_time,
+    stage_breakdown,
+    throughput_over_time,
+)
+from ragstress.report.html import write_report
+
+__all__ = [
+    "latency_cdf",
+    "latency_over_time",
+    "queues_over_time",
+    "stage_breakdown",
+    "throughput_over_time",
+    "write_report",
+]
