@@ -11,7 +11,7 @@ import math
 from typing import Annotated, Literal
 
 import numpy as np
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from ragstress.config.base import StrictModel
 
@@ -24,6 +24,7 @@ __all__ = [
     "LogNormal",
 ]
 
+_Z99 = 2.3263478740408408  # standard normal 99th percentile
 Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
@@ -70,8 +71,16 @@ class LogNormal(StrictModel):
     def _one_spread(self) -> LogNormal:
         if (self.cv is None) == (self.p99 is None):
             raise ValueError("give exactly one of cv or p99 (allowed: cv, p99)")
-        if self.p99 is not None and self.p99 <= self.mean:
-            raise ValueError("p99 must be greater than mean")
+        if self.p99 is not None:
+            if self.p99 <= self.mean:
+                raise ValueError("p99 must be greater than mean")
+            # the widest log-normal with this mean (σ = z₀.₉₉) has p99 = mean·exp(z²/2)
+            widest = self.mean * math.exp(_Z99 * _Z99 / 2)
+            if self.p99 > widest:
+                raise ValueError(
+                    f"no log-normal with mean {self.mean:g} has p99 {self.p99:g} "
+                    f"(allowed: p99 up to {widest:.4g}, or give cv instead)"
+                )
         return self
 
     def _sigma(self) -> float:
@@ -79,11 +88,8 @@ class LogNormal(StrictModel):
             return math.sqrt(math.log1p(self.cv**2))
         assert self.p99 is not None
         # mean = exp(mu + s²/2), p99 = exp(mu + 2.3263 s)  →  s² / 2 − 2.3263 s + ln(p99/mean) = 0
-        z = 2.3263478740408408
-        disc = z * z - 2 * math.log(self.p99 / self.mean)
-        if disc < 0:
-            # p99 is so far above the mean that no log-normal has both; take the widest one
-            return z
+        z = _Z99
+        disc = max(z * z - 2 * math.log(self.p99 / self.mean), 0.0)  # ≥ 0: validated
         return z - math.sqrt(disc)
 
     def expected(self) -> float:
@@ -118,8 +124,15 @@ class Empirical(StrictModel):
     """Resampling from observed values, e.g. measured service times."""
 
     kind: Literal["empirical"]
-    values: Annotated[list[NonNegative], Field(min_length=1)]
-    weights: list[NonNegative] | None = None
+    values: tuple[NonNegative, ...]
+    weights: tuple[NonNegative, ...] | None = None
+
+    @field_validator("values")
+    @classmethod
+    def _not_empty(cls, values: tuple[float, ...]) -> tuple[float, ...]:
+        if not values:
+            raise ValueError("values must not be empty")
+        return values
 
     @model_validator(mode="after")
     def _weights_match(self) -> Empirical:

@@ -41,7 +41,7 @@ def load_yaml_with_lines(text: str, source: str) -> tuple[Any, dict[Path_, int]]
         node = loader.get_single_node()
         if node is None:
             return None, lines
-        data = _build(loader, node, (), lines, source, _written_keys(node), set())
+        data = _build(loader, node, (), lines, source, written=_written_keys(node), active=set())
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else 1
@@ -64,6 +64,7 @@ def load_yaml_with_lines(text: str, source: str) -> tuple[Any, dict[Path_, int]]
 
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
+_MAX_NODES = 200_000
 
 
 def _written_keys(root: yaml.Node) -> dict[int, set[int]]:
@@ -92,10 +93,19 @@ def _build(
     path: Path_,
     lines: dict[Path_, int],
     source: str,
+    *,
     written: dict[int, set[int]],
     active: set[int],
 ) -> Any:
     lines.setdefault(path, node.start_mark.line + 1)
+    if len(lines) > _MAX_NODES:  # aliases can expand exponentially ("billion laughs")
+        line = node.start_mark.line + 1
+        raise ConfigError(
+            [
+                f"{source}:{line}: {_dotted(path)}: the document expands to more than "
+                f"{_MAX_NODES:,} values (aliases nested too deeply?)"
+            ]
+        )
     if id(node) in active:
         line = node.start_mark.line + 1
         where = _dotted(path)
@@ -119,13 +129,15 @@ def _build(
             if id(key_node) in written.get(id(node), ()):
                 own.add(key)
             lines[child] = key_line
-            out[key] = _build(loader, value_node, child, lines, source, written, active)
+            out[key] = _build(
+                loader, value_node, child, lines, source, written=written, active=active
+            )
         active.discard(id(node))
         return out
     if isinstance(node, yaml.SequenceNode):
         active.add(id(node))
         items = [
-            _build(loader, item, (*path, i), lines, source, written, active)
+            _build(loader, item, (*path, i), lines, source, written=written, active=active)
             for i, item in enumerate(node.value)
         ]
         active.discard(id(node))
@@ -138,10 +150,10 @@ def _construct(loader: yaml.SafeLoader, node: yaml.Node, path: Path_, source: st
     pattern but is no valid value (``2024-13-45``, ``!!float abc``); report those too."""
     try:
         return loader.construct_object(node, deep=True)
-    except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
+    except (ValueError, TypeError, LookupError, AttributeError, ArithmeticError) as exc:
         line = node.start_mark.line + 1
         tag = str(node.tag).rsplit(":", 1)[-1]
-        why = f": {exc}" if isinstance(exc, ValueError | OverflowError) else ""
+        why = f": {exc}" if isinstance(exc, ValueError | ArithmeticError) else ""
         raise ConfigError(
             [f"{source}:{line}: {_dotted(path)}: cannot read {node.value!r} as {tag}{why}"]
         ) from None
@@ -220,6 +232,8 @@ def _describe(error: Any, allowed: list[str]) -> str:
     ctx = error.get("ctx") or {}
     if kind == "extra_forbidden":
         return f"unknown key (allowed: {', '.join(k for k in allowed if k != 'kind')})"
+    if kind == "tuple_type":  # frozen models hold lists as tuples; YAML calls them lists
+        return f"input should be a list (got {type(error.get('input')).__name__})"
     if kind == "missing":
         return "required key is missing"
     if kind == "union_tag_invalid":
@@ -247,12 +261,20 @@ def _format_errors(
         tp: Any = model
         path: list[str | int] = []
         line = lines.get((), 1)
+        node: Any = data
         for element in error["loc"]:
             nxt, consumed = _step(tp, element)
             if not consumed:
                 tp = nxt
                 continue
-            path.append(element)
+            # keys are recorded as text: a key written as 1 is found under "1", not index 1
+            path.append(str(element) if isinstance(node, Mapping) else element)
+            if isinstance(node, Mapping):
+                node = node.get(element)
+            elif isinstance(node, list) and isinstance(element, int) and element < len(node):
+                node = node[element]
+            else:
+                node = None
             tp = nxt
             key = tuple(str(p) if not isinstance(p, int) else p for p in path)
             if key in lines:
@@ -305,13 +327,15 @@ def _read(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError([f"{path}: no such file"]) from None
+        raise ConfigError([f"{path}:1: (top level): no such file"]) from None
     except IsADirectoryError:
-        raise ConfigError([f"{path}: is a folder, expected a YAML file"]) from None
+        raise ConfigError([f"{path}:1: (top level): is a folder, expected a YAML file"]) from None
     except UnicodeDecodeError as exc:
-        raise ConfigError([f"{path}:1: not UTF-8 text ({exc.reason})"]) from None
+        line = exc.object[: exc.start].count(b"\n") + 1
+        what = f"not UTF-8 text ({exc.reason} at byte {exc.start})"
+        raise ConfigError([f"{path}:{line}: (top level): {what}"]) from None
     except OSError as exc:
-        raise ConfigError([f"{path}: cannot read ({exc.strerror})"]) from None
+        raise ConfigError([f"{path}:1: (top level): cannot read ({exc.strerror})"]) from None
 
 
 def load_profile(path: str | Path) -> Profile:

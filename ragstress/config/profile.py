@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator
 
 from ragstress.config.base import StrictModel
 from ragstress.config.distributions import Distribution, NonNegative, Positive
 
 __all__ = ["LlmApiStage", "PoolStage", "Price", "Profile", "Stage", "TokenSource"]
 
+MAX_STAGES = 64
 StageName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,39}$")]
 # Which of a request's token counts a stage consumes: it scales service time and is billed as
 # input. "prompt" is what an LLM reads: system prompt + query + retrieved context.
@@ -85,16 +86,19 @@ class Profile(StrictModel):
 
     name: Annotated[str, Field(min_length=1)]
     description: str = ""
-    stages: Annotated[list[Stage], Field(min_length=1, max_length=64)]
+    stages: tuple[Stage, ...]
 
-    @model_validator(mode="after")
-    def _unique_stage_names(self) -> Profile:
+    @field_validator("stages")
+    @classmethod
+    def _unique_stage_names(cls, stages: tuple[Stage, ...]) -> tuple[Stage, ...]:
+        if not 1 <= len(stages) <= MAX_STAGES:
+            raise ValueError(f"a pipeline needs 1 to {MAX_STAGES} stages, got {len(stages)}")
         seen: set[str] = set()
-        for stage in self.stages:
+        for stage in stages:
             if stage.name in seen:
                 raise ValueError(f"stage name {stage.name!r} is used twice; names must be unique")
             seen.add(stage.name)
-        return self
+        return stages
 
     def stage(self, name: str) -> PoolStage | LlmApiStage:
         for s in self.stages:

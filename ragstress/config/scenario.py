@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from ragstress.config.base import StrictModel
 from ragstress.config.distributions import (
@@ -81,11 +81,13 @@ class StepRate(StrictModel):
     """Piecewise constant: each step holds from its ``at_s`` until the next one."""
 
     kind: Literal["step"]
-    steps: Annotated[list[Step], Field(min_length=1)]
+    steps: tuple[Step, ...]
 
     @field_validator("steps")
     @classmethod
-    def _ordered(cls, steps: list[Step]) -> list[Step]:
+    def _ordered(cls, steps: tuple[Step, ...]) -> tuple[Step, ...]:
+        if not steps:
+            raise ValueError("at least one step is required")
         if steps[0].at_s != 0:
             raise ValueError("the first step must start at at_s: 0")
         for a, b in itertools.pairwise(steps):
@@ -163,7 +165,14 @@ class PhasesRate(StrictModel):
     """Shapes one after another; each phase's shape sees time from its own start."""
 
     kind: Literal["phases"]
-    phases: Annotated[list[Phase], Field(min_length=1)]
+    phases: tuple[Phase, ...]
+
+    @field_validator("phases")
+    @classmethod
+    def _not_empty(cls, phases: tuple[Phase, ...]) -> tuple[Phase, ...]:
+        if not phases:
+            raise ValueError("at least one phase is required")
+        return phases
 
     def rate(self, t: np.ndarray, span: float) -> np.ndarray:
         del span
@@ -312,8 +321,10 @@ class Scenario(StrictModel):
     requests: RequestMix = RequestMix()
     slo: Slo = Slo()
 
-    @model_validator(mode="after")
-    def _warmup_inside(self) -> Scenario:
-        if self.warmup_s >= self.duration_s:
-            raise ValueError("warmup_s must be shorter than duration_s")
-        return self
+    @field_validator("warmup_s")
+    @classmethod
+    def _warmup_inside(cls, warmup_s: float, info: ValidationInfo) -> float:
+        duration = info.data.get("duration_s")
+        if duration is not None and warmup_s >= duration:
+            raise ValueError(f"warmup_s must be shorter than duration_s ({duration:g})")
+        return warmup_s

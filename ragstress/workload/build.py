@@ -108,11 +108,6 @@ def build_workload(scenario: Scenario, seed: int | None = None) -> Workload:
     top_k = np.full(n, mix.top_k, dtype=np.int64)
     context_tokens = top_k * chunk
     output_tokens = _tokens(mix.output_tokens, stream(seed, "output_tokens"), n)
-    if trace_in is not None and trace_out is not None:
-        # The trace's prompt size is the LLM's whole input; keep the mix's query size and let
-        # the retrieved context make up the rest, so the LLM reads what the trace recorded.
-        context_tokens = np.maximum(trace_in - query_tokens, 0)
-        output_tokens = np.maximum(trace_out, 1)
     if mix.distinct_queries is None:
         query_id = np.arange(n, dtype=np.int64)
     else:
@@ -123,6 +118,13 @@ def build_workload(scenario: Scenario, seed: int | None = None) -> Workload:
         first = np.full(mix.distinct_queries, -1, dtype=np.int64)
         first[query_id[::-1]] = np.arange(n - 1, -1, -1)
         query_tokens = query_tokens[first[query_id]]
+    if trace_in is not None and trace_out is not None:
+        # The trace's prompt size is the LLM's whole input; keep the mix's query size (as
+        # repeated queries set it above) and let the retrieved context make up the rest, so
+        # the LLM reads what the trace recorded.
+        context_tokens = np.maximum(trace_in - query_tokens, 0)
+        output_tokens = np.maximum(trace_out, 1)
+    query_id = query_id.astype(np.int64, copy=False)  # before freezing: astype copies
     columns = [arrival_s, query_id, query_tokens, top_k, context_tokens, output_tokens]
     for col in columns:
         col.setflags(write=False)
@@ -130,7 +132,7 @@ def build_workload(scenario: Scenario, seed: int | None = None) -> Workload:
         scenario=scenario,
         seed=seed,
         arrival_s=arrival_s,
-        query_id=query_id.astype(np.int64),
+        query_id=query_id,
         query_tokens=query_tokens,
         top_k=top_k,
         context_tokens=context_tokens,

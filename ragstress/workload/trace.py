@@ -31,7 +31,7 @@ def load_trace(path: Path) -> Trace:
         reader = csv.reader(fh)
         header = next(reader, None)
         if header is None:
-            raise ConfigError([f"{path}:1: empty trace (expected a header row)"])
+            raise ConfigError([f"{path}:1: (header): empty trace (expected a header row)"])
         header = [h.strip() for h in header]
         if tuple(header[:3]) == AZURE_COLUMNS:
             azure = True
@@ -40,7 +40,7 @@ def load_trace(path: Path) -> Trace:
         else:
             raise ConfigError(
                 [
-                    f"{path}:1: unknown trace header {','.join(header)!r} "
+                    f"{path}:1: (header): unknown trace header {','.join(header)!r} "
                     f"(allowed: {','.join(AZURE_COLUMNS)} or {','.join(PLAIN_COLUMNS)})"
                 ]
             )
@@ -56,10 +56,13 @@ def load_trace(path: Path) -> Trace:
                 outputs.append(int(row[2]))
             except (IndexError, ValueError):
                 raise ConfigError(
-                    [f"{path}:{lineno}: expected 3 columns (time, input tokens, output tokens)"]
+                    [
+                        f"{path}:{lineno}: {','.join(header[:3])}: expected a time and two "
+                        f"whole token counts, got {','.join(row)!r}"
+                    ]
                 ) from None
     if not stamps:
-        raise ConfigError([f"{path}:2: the trace has no records"])
+        raise ConfigError([f"{path}:2: (records): the trace has no records"])
     try:
         if azure:
             ts = np.array(stamps, dtype="datetime64[ns]")
@@ -67,11 +70,22 @@ def load_trace(path: Path) -> Trace:
         else:
             offsets = np.array(stamps, dtype=float)
             offsets = offsets - offsets.min()
-    except ValueError as exc:
-        raise ConfigError([f"{path}: unreadable timestamp ({exc})"]) from None
+    except ValueError:
+        raise ConfigError([_bad_stamp(path, stamps, header[0], azure)]) from None
     order = np.argsort(offsets, kind="stable")
     return Trace(
         arrival_s=offsets[order],
         input_tokens=np.asarray(inputs, dtype=np.int64)[order],
         output_tokens=np.asarray(outputs, dtype=np.int64)[order],
     )
+
+
+def _bad_stamp(path: Path, stamps: list[str], column: str, azure: bool) -> str:
+    """Locate the first unreadable time (only on the error path: one parse per row)."""
+    for lineno, stamp in enumerate(stamps, start=2):
+        try:
+            np.datetime64(stamp, "ns") if azure else float(stamp)
+        except ValueError:
+            expected = "YYYY-MM-DD HH:MM:SS.fffffff" if azure else "seconds as a number"
+            return f"{path}:{lineno}: {column}: unreadable time {stamp!r} (expected {expected})"
+    return f"{path}:2: {column}: unreadable times"
