@@ -30,6 +30,12 @@ def simulate_scenario(
     progress: ProgressCallback | None = None,
 ) -> SimulationRun:
     """Materialise the workload, run the model, summarise. Pure apart from the clock stamp."""
+    if scenario.faults:
+        # The fault plan's semantics exist (ragstress.faults) but the engine does not apply
+        # them yet; running without them would silently predict a fault-free world.
+        raise ConfigError(
+            [f"scenario {scenario.name!r}: faults: the model cannot simulate fault plans yet"]
+        )
     workload = build_workload(scenario, seed)
     result = simulate(workload, profile, progress=progress)
     stamped = RunResult(

@@ -18,6 +18,7 @@ from ragstress.config.distributions import (
     NonNegative,
     Positive,
 )
+from ragstress.config.faults import Fault
 
 __all__ = [
     "Arrivals",
@@ -320,6 +321,7 @@ class Scenario(StrictModel):
     arrivals: Arrivals
     requests: RequestMix = RequestMix()
     slo: Slo = Slo()
+    faults: tuple[Fault, ...] = ()
 
     @field_validator("warmup_s")
     @classmethod
