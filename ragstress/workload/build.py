@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -33,7 +34,6 @@ class Workload:
     context_tokens: np.ndarray
     output_tokens: np.ndarray
     truncated: bool = False
-    _faker: list[Any] = field(default_factory=list, repr=False)
 
     def __len__(self) -> int:
         return int(self.arrival_s.size)
@@ -57,14 +57,16 @@ class Workload:
             return np.asarray(counts[idx], dtype=float)
         return arrivals.rate.rate(np.asarray(t, dtype=float), self.duration_s)
 
+    @cached_property
+    def _faker(self) -> Any:
+        from faker import Faker  # imported lazily: the model never needs text
+
+        return Faker(self.scenario.requests.locale)
+
     def query_text(self, i: int) -> str:
         """The request's query text: made with Faker from the query id, so repeated query ids
         give the same text, and about as many words as the query's token count implies."""
-        if not self._faker:
-            from faker import Faker  # imported lazily: the model never needs text
-
-            self._faker.append(Faker(self.scenario.requests.locale))
-        fake = self._faker[0]
+        fake = self._faker
         fake.seed_instance(self.seed * 1_000_003 + int(self.query_id[i]))
         words = max(1, round(int(self.query_tokens[i]) * 0.75))  # ≈ 0.75 words per token
         text: str = fake.sentence(nb_words=words, variable_nb_words=False)
