@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import platform
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -13,13 +15,30 @@ from ragstress.model import ProgressCallback, simulate
 from ragstress.results import RunResult, write_run
 from ragstress.workload import build_workload
 
-__all__ = ["SimulationRun", "load_pair", "simulate_files", "simulate_scenario"]
+__all__ = [
+    "SimulationRun",
+    "library_versions",
+    "load_pair",
+    "simulate_files",
+    "simulate_scenario",
+]
 
 
 @dataclass(frozen=True)
 class SimulationRun:
     result: RunResult
     summary: dict[str, Any]
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of what shapes a result, for the manifest (read here, not in the pure model)."""
+    out = {"python": platform.python_version()}
+    for dist in ("ragstress", "simpy", "numpy", "scipy", "pydantic"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = "unknown"
+    return out
 
 
 def simulate_scenario(
@@ -40,7 +59,10 @@ def simulate_scenario(
     result = simulate(workload, profile, progress=progress)
     stamped = RunResult(
         manifest=result.manifest.model_copy(
-            update={"started_at": datetime.now(UTC).isoformat(timespec="seconds")}
+            update={
+                "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "versions": library_versions(),
+            }
         ),
         requests=result.requests,
         timeseries=result.timeseries,

@@ -64,6 +64,9 @@ class Manifest(StrictModel):
     duration_s: float
     ragstress_version: str
     started_at: str | None = None
+    versions: dict[str, str] = Field(
+        default_factory=dict, description="python and the libraries that shaped the numbers"
+    )
     complete: bool = True
     fixed_cost_usd: float = Field(
         default=0.0, description="replica-hour charges for the run's duration, not per request"

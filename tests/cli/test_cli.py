@@ -61,6 +61,7 @@ def test_simulate_writes_a_run_folder_and_prints_a_summary(
     assert manifest["source"] == "simulated"
     assert manifest["complete"] is True
     assert manifest["seed"] == 5
+    assert {"python", "ragstress", "simpy", "numpy"} <= set(manifest["versions"])
     assert manifest["scenario"]["name"] == "tiny"
     assert manifest["profile"]["name"] == "tiny-pipeline"
     summary = json.loads((out / "summary.json").read_text())
