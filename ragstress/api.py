@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import platform
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -57,16 +57,11 @@ def simulate_scenario(
         )
     workload = build_workload(scenario, seed)
     result = simulate(workload, profile, progress=progress)
-    stamped = RunResult(
-        manifest=result.manifest.model_copy(
-            update={
-                "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
-                "versions": library_versions(),
-            }
-        ),
-        requests=result.requests,
-        timeseries=result.timeseries,
-    )
+    stamp = {
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "versions": library_versions(),
+    }
+    stamped = replace(result, manifest=result.manifest.model_copy(update=stamp))
     return SimulationRun(result=stamped, summary=summarize(stamped))
 
 

@@ -11,8 +11,10 @@ import math
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
 from ragstress.analysis.stats import describe
+from ragstress.config.profile import Profile
 from ragstress.config.scenario import Slo
 from ragstress.results.schema import OUTCOMES, RunResult, stage_columns
 
@@ -73,14 +75,12 @@ def slo_report(summary: dict[str, Any], slo: Slo) -> list[dict[str, Any]]:
 
 
 def _stage_servers(result: RunResult) -> dict[str, int]:
-    profile = result.manifest.profile or {}
-    out: dict[str, int] = {}
-    for stage in profile.get("stages", []):
-        if stage.get("kind") == "llm_api":
-            out[stage["name"]] = int(stage["concurrency"])
-        else:
-            out[stage["name"]] = int(stage.get("replicas", 1)) * int(stage.get("concurrency", 1))
-    return out
+    # A measured run may carry no profile, or a partial one: utilisation is then unknown (NaN)
+    try:
+        profile = Profile.model_validate(result.manifest.profile)
+    except ValidationError:
+        return {}
+    return {stage.name: stage.servers for stage in profile.stages}
 
 
 def summarize(result: RunResult, slo: Slo | None = None) -> dict[str, Any]:

@@ -35,7 +35,6 @@ class FifoStation:
         "_timeout",
         "arrived_at",
         "busy",
-        "busy_time",
         "first_token_at",
         "name",
         "on_done",
@@ -44,7 +43,6 @@ class FifoStation:
         "queue_limit",
         "servers",
         "service_s",
-        "started",
         "wait_s",
     )
 
@@ -71,14 +69,12 @@ class FifoStation:
         self.on_done = on_done
         self.on_shed = on_shed
         self.busy = 0
-        self.busy_time = 0.0
         self.queue: deque[int] = deque()
         nan = math.nan
         self.arrived_at = [nan] * n
         self.wait_s = [nan] * n
         self.service_s = [nan] * n
         self.first_token_at = [nan] * n if first_token_s is not None else None
-        self.started = 0
 
     def arrive(self, i: int) -> None:
         self.arrived_at[i] = self._env.now
@@ -95,8 +91,6 @@ class FifoStation:
         self.wait_s[i] = now - self.arrived_at[i]
         s = self._service[i]
         self.service_s[i] = s
-        self.busy_time += s
-        self.started += 1
         if self.first_token_at is not None and self._first_token is not None:
             self.first_token_at[i] = now + self._first_token[i]
         self._timeout(s, i).callbacks.append(self._finish)

@@ -101,9 +101,6 @@ class RunResult:
     def stages(self) -> list[str]:
         return list(self.manifest.stages)
 
-    def column(self, name: str) -> np.ndarray:
-        return self.requests[name]
-
     def answered(self) -> np.ndarray:
         """Boolean mask of requests that got an answer (ok or ok_degraded)."""
         out = self.requests["outcome"]

@@ -46,17 +46,6 @@ class Workload:
         """What an LLM reads for each request: system prompt + query + retrieved context."""
         return np.asarray(system_prompt_tokens + self.query_tokens + self.context_tokens)
 
-    def offered_rate(self, t: np.ndarray) -> np.ndarray:
-        """The scenario's intended arrival rate (req/s) at times ``t``; for a trace, the
-        replayed arrivals counted per second."""
-        arrivals = self.scenario.arrivals
-        if isinstance(arrivals, TraceArrivals):
-            edges = np.arange(0.0, self.duration_s + 1.0, 1.0)
-            counts, _ = np.histogram(self.arrival_s, bins=edges)
-            idx = np.clip(np.floor(t).astype(int), 0, counts.size - 1)
-            return np.asarray(counts[idx], dtype=float)
-        return arrivals.rate.rate(np.asarray(t, dtype=float), self.duration_s)
-
     @cached_property
     def _faker(self) -> Any:
         from faker import Faker  # imported lazily: the model never needs text

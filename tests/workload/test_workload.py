@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from scipy import integrate
 
-from ragstress.config import ConfigError, Scenario
+from ragstress.config import ConfigError, Scenario, TraceArrivals
 from ragstress.workload import Workload, build_workload, load_trace
 
 REPO = Path(__file__).resolve().parents[2]
@@ -148,9 +148,13 @@ def test_shape_rate_is_followed_over_time(
         expected, _ = integrate.quad(rate, a, b, points=inside or None)
         sigma = math.sqrt(expected)
         assert abs(counts[k] - expected) <= 4 * sigma, (name, k, counts[k], expected)
-    # the workload reports the same intended rate
+    # the shape evaluates to the same intended rate
     t = np.array([5.0, 33.0, 45.0, 62.0, 95.0])
-    assert w.offered_rate(t) == pytest.approx([rate(x) for x in t], rel=1e-9, abs=1e-9)
+    arrivals = w.scenario.arrivals
+    assert not isinstance(arrivals, TraceArrivals)
+    assert arrivals.rate.rate(t, duration) == pytest.approx(
+        [rate(x) for x in t], rel=1e-9, abs=1e-9
+    )
 
 
 def test_ramp_integral_by_hand() -> None:
