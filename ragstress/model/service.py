@@ -1,67 +1,103 @@
-"""Per-request service times and prices for each stage, drawn up front.
+"""Per-call service demands and prices for each stage, drawn up front.
 
-Drawing by request index (not in event order) keeps every stage's numbers independent of
-what other stages do, so two configurations simulated with one seed see the same requests
-with the same service demands: common random numbers, which make comparisons far less noisy.
+Drawing by request index (not in event order) keeps every stage's numbers independent of what
+other stages do, so two configurations simulated with one seed see the same requests with the
+same service demands: common random numbers, which make comparisons far less noisy. A stage
+with ``fan_out`` k gets k first-attempt calls per request (call ``i·k + j``). Retries draw
+fresh service times from a separate stream, in event order (:func:`redraw`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
-from ragstress.config.profile import LlmApiStage, PoolStage, TokenSource
+from ragstress.config.profile import (
+    AnyStage,
+    BatcherStage,
+    CacheStage,
+    LlmApiStage,
+    LlmEngineStage,
+    PoolStage,
+    TokenSource,
+)
+from ragstress.model.calls import CallTable
 from ragstress.seeding import stream
 from ragstress.workload import Workload
 
-__all__ = ["StageDemand", "stage_demand", "tokens_of"]
-
-
-@dataclass(frozen=True)
-class StageDemand:
-    """What each request asks of one stage."""
-
-    service_s: np.ndarray  # total time a server is held
-    first_token_s: np.ndarray | None  # offset of the first streamed token (LLM stages)
-    tokens_in: np.ndarray
-    tokens_out: np.ndarray
-    cost_usd: np.ndarray  # what one call costs, charged when service starts
+__all__ = ["call_cost", "first_attempts", "redraw", "tokens_of"]
 
 
 def tokens_of(source: TokenSource, workload: Workload, system_prompt_tokens: int = 0) -> np.ndarray:
     if source == "none":
         return np.zeros(len(workload), dtype=np.int64)
     if source == "query":
-        return workload.query_tokens
+        return workload.query_tokens + system_prompt_tokens
     if source == "context":
-        return workload.context_tokens
+        return workload.context_tokens + system_prompt_tokens
     return workload.prompt_tokens(system_prompt_tokens)
 
 
-def stage_demand(stage: PoolStage | LlmApiStage, workload: Workload) -> StageDemand:
+def first_attempts(stage: AnyStage, workload: Workload) -> CallTable:
+    """The table of a stage's first-attempt calls, ``fan_out`` per request."""
     n = len(workload)
+    k = stage.fan_out
+    m = n * k
     rng = stream(workload.seed, "stage", stage.name, "service")
-    price = stage.price
-    if isinstance(stage, PoolStage):
-        tokens_in = tokens_of(stage.input_tokens, workload)
-        tokens_out = np.zeros(n, dtype=np.int64)
-        service = stage.service.draw(rng, n) + stage.per_token_s * tokens_in
-        first_token = None
+    nan = np.full(m, np.nan)
+    service = nan
+    first_token = nan
+    tokens_out = np.zeros(m, dtype=np.int64)
+    if isinstance(stage, CacheStage):
+        tokens_in = np.zeros(m, dtype=np.int64)
+    elif isinstance(stage, PoolStage):
+        tokens_in = np.repeat(tokens_of(stage.input_tokens, workload), k)
+        service = stage.service.draw(rng, m) + stage.per_token_s * tokens_in
+    elif isinstance(stage, BatcherStage):
+        tokens_in = np.repeat(tokens_of(stage.input_tokens, workload), k)
     else:
-        tokens_in = workload.prompt_tokens(stage.system_prompt_tokens)
-        tokens_out = workload.output_tokens
-        first_token = stage.ttft.draw(rng, n) + stage.prefill_per_token_s * tokens_in
-        service = first_token + np.maximum(tokens_out - 1, 0) * stage.time_per_output_token_s
-    cost = (
-        price.per_call_usd
-        + tokens_in * (price.per_1m_input_tokens_usd / 1e6)
-        + tokens_out * (price.per_1m_output_tokens_usd / 1e6)
+        tokens_in = np.repeat(
+            tokens_of(stage.input_tokens, workload, stage.system_prompt_tokens), k
+        )
+        if stage.output_tokens is None:
+            tokens_out = np.repeat(workload.output_tokens, k)
+        else:
+            drawn = stage.output_tokens.draw(stream(workload.seed, "stage", stage.name, "out"), m)
+            tokens_out = np.maximum(np.rint(drawn), 1).astype(np.int64)
+        if isinstance(stage, LlmApiStage):
+            first_token = stage.ttft.draw(rng, m) + stage.prefill_per_token_s * tokens_in
+            service = first_token + np.maximum(tokens_out - 1, 0) * stage.time_per_output_token_s
+    return CallTable(
+        req=np.repeat(np.arange(n, dtype=np.int64), k).tolist(),
+        tokens_in=np.asarray(tokens_in, dtype=np.int64).tolist(),
+        tokens_out=np.asarray(tokens_out, dtype=np.int64).tolist(),
+        service_s=np.asarray(service, dtype=float).tolist(),
+        first_token_s=np.asarray(first_token, dtype=float).tolist(),
     )
-    return StageDemand(
-        service_s=np.asarray(service, dtype=float),
-        first_token_s=first_token,
-        tokens_in=tokens_in,
-        tokens_out=tokens_out,
-        cost_usd=np.broadcast_to(np.asarray(cost, dtype=float), (n,)).copy(),
+
+
+def redraw(
+    stage: AnyStage, table: CallTable, like: int, attempt: int, rng: np.random.Generator
+) -> int:
+    """Append a new call for the same request and sub-call as call ``like`` (a retry, or a
+    second visit to a fallback stage): same tokens, a fresh service draw. Returns its id."""
+    tin = table.tokens_in[like]
+    tout = table.tokens_out[like]
+    service = first_token = float("nan")
+    if isinstance(stage, PoolStage):
+        service = float(stage.service.draw(rng, 1)[0]) + stage.per_token_s * tin
+    elif isinstance(stage, LlmApiStage):
+        first_token = float(stage.ttft.draw(rng, 1)[0]) + stage.prefill_per_token_s * tin
+        service = first_token + max(tout - 1, 0) * stage.time_per_output_token_s
+    else:
+        assert isinstance(stage, BatcherStage | LlmEngineStage | CacheStage)
+    return table.append(table.req[like], attempt, tin, tout, service, first_token)
+
+
+def call_cost(stage: AnyStage, tokens_in: int, tokens_out: int) -> float:
+    """What one served call costs: per call plus its input and output tokens."""
+    p = stage.price
+    return (
+        p.per_call_usd
+        + tokens_in * (p.per_1m_input_tokens_usd / 1e6)
+        + tokens_out * (p.per_1m_output_tokens_usd / 1e6)
     )

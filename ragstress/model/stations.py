@@ -1,49 +1,50 @@
-"""Queueing stations driven by SimPy events.
+"""FIFO queueing stations (``pool`` and ``llm_api`` stages) driven by SimPy events.
 
-Stations are callback-driven rather than one generator process per request: a request is an
-integer index, a service is one ``env.timeout`` whose callback frees the server and hands the
-request on. That keeps the per-request cost of a multi-stage pipeline below that of a bare
-single-stage ``simpy.Resource`` loop (see benchmarks/model_speed.py) with identical semantics:
-FIFO, c servers, work-conserving, optional bound on the number waiting.
+Stations are callback-driven rather than one generator process per call: a call is an integer
+index into the stage's :class:`~ragstress.model.calls.CallTable`, a service is one
+``env.timeout`` whose callback frees the server and hands the call back. That keeps the
+per-request cost of a multi-stage pipeline near that of a bare single-stage ``simpy.Resource``
+loop (see benchmarks/model_speed.py) with identical semantics: FIFO, c servers,
+work-conserving, optional bound on the number waiting.
 """
 
 from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable
 from typing import Any
 
 import simpy
 
-__all__ = ["FifoStation"]
+from ragstress.model.calls import CallTable, Handoff
 
-Handoff = Callable[[int], None]
+__all__ = ["FifoStation"]
 
 
 class FifoStation:
-    """``servers`` identical servers, one FIFO queue, at most ``queue_limit`` waiting.
+    """``units × per_unit`` identical servers, one FIFO queue, at most ``queue_limit`` waiting.
 
-    ``service_s[i]`` is request i's service time. ``first_token_s`` (LLM stages) is the offset
-    into service at which the first token streams out; it is recorded in ``first_token_at``.
+    A call's service time is ``table.service_s[c]``; with ``streams`` its first token leaves
+    ``table.first_token_s[c]`` into service (recorded in ``table.first_token_at``). A capacity
+    loss takes whole units (replicas of a pool; slots of an LLM API) down: their servers finish
+    the call they hold and start none.
     """
 
     __slots__ = (
         "_env",
-        "_first_token",
-        "_service",
+        "_streams",
         "_timeout",
         "arrived_at",
-        "busy",
-        "first_token_at",
+        "n_busy",
         "name",
         "on_done",
         "on_shed",
+        "per_unit",
         "queue",
         "queue_limit",
         "servers",
-        "service_s",
-        "wait_s",
+        "table",
+        "units",
     )
 
     def __init__(
@@ -51,54 +52,68 @@ class FifoStation:
         env: simpy.Environment,
         *,
         name: str,
-        servers: int,
+        units: int,
+        per_unit: int,
         queue_limit: int | None,
-        service_s: list[float],
-        first_token_s: list[float] | None,
+        table: CallTable,
+        streams: bool,
         on_done: Handoff,
         on_shed: Handoff,
     ) -> None:
-        n = len(service_s)
         self._env = env
         self._timeout = env.timeout
+        self._streams = streams
         self.name = name
-        self.servers = servers
+        self.units = units
+        self.per_unit = per_unit
+        self.servers = units * per_unit
         self.queue_limit = math.inf if queue_limit is None else queue_limit
-        self._service = service_s
-        self._first_token = first_token_s
+        self.table = table
         self.on_done = on_done
         self.on_shed = on_shed
-        self.busy = 0
+        self.n_busy = 0
         self.queue: deque[int] = deque()
-        nan = math.nan
-        self.arrived_at = [nan] * n
-        self.wait_s = [nan] * n
-        self.service_s = [nan] * n
-        self.first_token_at = [nan] * n if first_token_s is not None else None
+        self.arrived_at: dict[int, float] = {}
 
-    def arrive(self, i: int) -> None:
-        self.arrived_at[i] = self._env.now
-        if self.busy < self.servers:
-            self.busy += 1
-            self._start(i)
+    def submit(self, c: int) -> None:
+        if self.n_busy < self.servers:
+            self.n_busy += 1
+            self.table.wait_s[c] = 0.0
+            self._start(c)
         elif len(self.queue) < self.queue_limit:
-            self.queue.append(i)
+            self.arrived_at[c] = self._env.now
+            self.queue.append(c)
         else:
-            self.on_shed(i)
+            self.on_shed(c)
 
-    def _start(self, i: int) -> None:
-        now = self._env.now
-        self.wait_s[i] = now - self.arrived_at[i]
-        s = self._service[i]
-        self.service_s[i] = s
-        if self.first_token_at is not None and self._first_token is not None:
-            self.first_token_at[i] = now + self._first_token[i]
-        self._timeout(s, i).callbacks.append(self._finish)
+    def _start(self, c: int) -> None:
+        table = self.table
+        s = table.service_s[c]
+        table.held_s[c] = s
+        if self._streams:
+            table.first_token_at[c] = self._env.now + table.first_token_s[c]
+        self._timeout(s, c).callbacks.append(self._finish)
 
     def _finish(self, event: Any) -> None:
-        i: int = event.value
-        if self.queue:
-            self._start(self.queue.popleft())
+        c: int = event.value
+        if self.queue and self.n_busy <= self.servers:
+            nxt = self.queue.popleft()
+            self.table.wait_s[nxt] = self._env.now - self.arrived_at.pop(nxt)
+            self._start(nxt)
         else:
-            self.busy -= 1
-        self.on_done(i)
+            self.n_busy -= 1
+        self.on_done(c)
+
+    def set_units_down(self, down: int) -> None:
+        self.servers = (self.units - down) * self.per_unit
+        while self.queue and self.n_busy < self.servers:
+            self.n_busy += 1
+            nxt = self.queue.popleft()
+            self.table.wait_s[nxt] = self._env.now - self.arrived_at.pop(nxt)
+            self._start(nxt)
+
+    def queued(self) -> int:
+        return len(self.queue)
+
+    def busy(self) -> int:
+        return self.n_busy

@@ -435,7 +435,7 @@ PROFILE_CASES = [
             """),
         3,
         "stages[0]",
-        "unknown kind 'gpu' (allowed: pool, llm_api)",
+        "unknown kind 'gpu' (allowed: pool, batcher, llm_api, llm_engine, cache)",
     ),
     Case(
         "missing-stage-kind",
