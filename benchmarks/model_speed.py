@@ -4,6 +4,11 @@ Usage: python benchmarks/model_speed.py [--requests N] [--rounds R]
 
 Both are measured in the same process, interleaved round by round, and the table reports the
 median of each plus their ratio, because absolute speeds on shared machines are noisy.
+
+Cases: hosted-api (FIFO pools, an LLM API with token-bucket rate limits, openai-python client
+policy with a timeout), self-hosted (continuous-batching engines: one event per engine step),
+and retry-storm (the scenario stretched to n requests: after the brownout every request makes
+three attempts, so the model does ~3× the calls per request) with its guarded variant.
 """
 
 from __future__ import annotations
@@ -87,6 +92,12 @@ def main() -> None:
         ),
         "self-hosted pipeline (steady)": pipeline(
             "scenarios/steady.yaml", "profiles/self-hosted.yaml", n
+        ),
+        "retry-storm (openai-python retries)": pipeline(
+            "scenarios/retry-storm.yaml", "profiles/retry-storm.yaml", n
+        ),
+        "retry-storm-guarded (breaker)": pipeline(
+            "scenarios/retry-storm.yaml", "profiles/retry-storm-guarded.yaml", n
         ),
     }
     rates: dict[str, list[float]] = {name: [] for name in cases}

@@ -11,7 +11,7 @@ from typing import Any
 
 from ragstress.analysis import summarize
 from ragstress.config import ConfigError, Profile, Scenario, load_profile, load_scenario
-from ragstress.model import ProgressCallback, simulate
+from ragstress.model import ModelError, ProgressCallback, simulate
 from ragstress.results import RunResult, write_run
 from ragstress.workload import build_workload
 
@@ -49,14 +49,14 @@ def simulate_scenario(
     progress: ProgressCallback | None = None,
 ) -> SimulationRun:
     """Materialise the workload, run the model, summarise. Pure apart from the clock stamp."""
-    if scenario.faults:
-        # The fault plan's semantics exist (ragstress.faults) but the engine does not apply
-        # them yet; running without them would silently predict a fault-free world.
-        raise ConfigError(
-            [f"scenario {scenario.name!r}: faults: the model cannot simulate fault plans yet"]
-        )
     workload = build_workload(scenario, seed)
-    result = simulate(workload, profile, progress=progress)
+    try:
+        result = simulate(workload, profile, progress=progress)
+    except ModelError as exc:
+        # the scenario's faults do not fit this profile: a configuration problem, one line
+        raise ConfigError(
+            [f"scenario {scenario.name!r} with profile {profile.name!r}: {exc}"]
+        ) from None
     stamp = {
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "versions": library_versions(),

@@ -3,6 +3,14 @@
 Every figure is computed over the measurement window: requests that *arrived* in
 [warmup_s, duration_s). Rates divide by that window's length, so a run that drains a backlog
 after the load stops does not look faster than it was.
+
+Cost includes the fixed (replica-hour) share of the window. Retry amplification of a stage is
+the calls it was sent per request that reached it (``<stage>_attempts`` > 0), retries
+included. Stage utilisation comes from the time series (calls, or batches, in service at each
+sample in the window over the stage's servers) where the run has one: with retries and
+abandoned work, the service times of the requests' last calls do not measure busy time.
+Result folders written before a column existed read without it: the figures that need it are
+NaN.
 """
 
 from __future__ import annotations
@@ -14,7 +22,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from ragstress.analysis.stats import describe
-from ragstress.config.profile import Profile
+from ragstress.config.profile import AnyStage, Profile
 from ragstress.config.scenario import Slo
 from ragstress.results.schema import OUTCOMES, RunResult, stage_columns
 
@@ -74,13 +82,43 @@ def slo_report(summary: dict[str, Any], slo: Slo) -> list[dict[str, Any]]:
     return rows
 
 
-def _stage_servers(result: RunResult) -> dict[str, int]:
+def _profile_stages(result: RunResult) -> dict[str, AnyStage]:
     # A measured run may carry no profile, or a partial one: utilisation is then unknown (NaN)
+    # and no fixed cost is charged to a stage
     try:
         profile = Profile.model_validate(result.manifest.profile)
     except ValidationError:
         return {}
-    return {stage.name: stage.servers for stage in profile.stages}
+    return {stage.name: stage for stage in profile.stages}
+
+
+def _window_attempts(result: RunResult, stage: str, in_window: np.ndarray) -> np.ndarray | None:
+    """``<stage>_attempts`` of the window's requests, or None where the run has no such
+    column (a result folder written before it existed)."""
+    column = result.requests.get(f"{stage}_attempts")
+    return None if column is None else np.asarray(column[in_window])
+
+
+def _retry_amplification(attempts: np.ndarray | None) -> float:
+    """Calls sent per request that sent the stage at least one; NaN when none did."""
+    if attempts is None:
+        return math.nan
+    reached = attempts > 0
+    return float(attempts[reached].sum()) / int(reached.sum()) if reached.any() else math.nan
+
+
+def _cost_by_stage(
+    result: RunResult, in_window: np.ndarray, stages: dict[str, AnyStage], span: float
+) -> dict[str, dict[str, float]]:
+    """Per stage: the window's per-call charges and the stage's replica-hour share."""
+    out: dict[str, dict[str, float]] = {}
+    for stage in result.stages:
+        column = result.requests.get(f"{stage}_cost_usd")
+        charges = math.nan if column is None else float(column[in_window].sum())
+        cfg = stages.get(stage)
+        fixed = 0.0 if cfg is None else cfg.replicas * cfg.price.per_replica_hour_usd * span / 3600
+        out[stage] = {"per_request_charges": charges, "fixed": fixed, "total": charges + fixed}
+    return out
 
 
 def summarize(result: RunResult, slo: Slo | None = None) -> dict[str, Any]:
@@ -102,6 +140,8 @@ def summarize(result: RunResult, slo: Slo | None = None) -> dict[str, Any]:
     fixed = result.manifest.fixed_cost_usd * (span / duration if duration > 0 else 1.0)
     total_cost = float(cost.sum()) + fixed
     n_answered = int(answered.sum())
+    n_good = int(good.sum())
+    profile_stages = _profile_stages(result)
 
     summary: dict[str, Any] = {
         "source": result.manifest.source,
@@ -113,23 +153,36 @@ def summarize(result: RunResult, slo: Slo | None = None) -> dict[str, Any]:
         "outcomes": {name: int((outcome == name).sum()) for name in OUTCOMES},
         "offered_rps": n / span,
         "throughput_rps": n_answered / span,
-        "goodput_rps": int(good.sum()) / span,
+        "goodput_rps": n_good / span,
         "error_rate": (n - n_answered) / n if n else math.nan,
         "attempts_per_request": float(req["attempts"][in_window].mean()) if n else math.nan,
         "latency_s": describe(latency),
         "ttft_s": describe(ttft),
-        "cost_usd": {"total": total_cost, "per_request_charges": float(cost.sum()), "fixed": fixed},
+        "cost_usd": {
+            "total": total_cost,
+            "per_request_charges": float(cost.sum()),
+            "fixed": fixed,
+            "by_stage": _cost_by_stage(result, in_window, profile_stages, span),
+        },
         "cost_usd_per_1k": 1000 * total_cost / n if n else math.nan,
         "cost_usd_per_1k_answers": 1000 * total_cost / n_answered if n_answered else math.nan,
+        "cost_usd_per_answer": total_cost / n_answered if n_answered else math.nan,
+        "cost_usd_per_good_answer": total_cost / n_good if n_good else math.nan,
+        "retry_amplification": {
+            stage: _retry_amplification(_window_attempts(result, stage, in_window))
+            for stage in result.stages
+        },
     }
     summary["slo"] = slo_report(summary, slo)
     summary["slo_met"] = all(row["met"] for row in summary["slo"])
-    summary["stages"] = _stage_summary(result, in_window)
+    summary["stages"] = _stage_summary(result, in_window, profile_stages)
     return summary
 
 
-def _stage_summary(result: RunResult, in_window: np.ndarray) -> dict[str, Any]:
-    servers = _stage_servers(result)
+def _stage_summary(
+    result: RunResult, in_window: np.ndarray, profile_stages: dict[str, AnyStage]
+) -> dict[str, Any]:
+    servers = {name: stage.servers for name, stage in profile_stages.items()}
     series = result.timeseries
     out: dict[str, Any] = {}
     warm = _warmup(result)
@@ -139,6 +192,7 @@ def _stage_summary(result: RunResult, in_window: np.ndarray) -> dict[str, Any]:
         wait = result.requests[wait_col][in_window]
         service = result.requests[service_col][in_window]
         calls = int((~np.isnan(service)).sum())
+        attempts = _window_attempts(result, stage, in_window)
         entry: dict[str, Any] = {
             "calls": calls,
             "wait_s": {
@@ -150,16 +204,32 @@ def _stage_summary(result: RunResult, in_window: np.ndarray) -> dict[str, Any]:
                 "p95": float(np.nanpercentile(service, 95)) if calls else math.nan,
             },
             "servers": servers.get(stage),
-            # exact busy time of the window's requests, not the coarse per-second samples
-            "utilisation": float(np.nansum(service)) / (servers[stage] * span)
-            if servers.get(stage)
-            else math.nan,
+            "utilisation": math.nan,
             "mean_queue": math.nan,
+            "attempts": math.nan if attempts is None else int(attempts.sum()),
+            "retry_amplification": _retry_amplification(attempts),
         }
-        if series is not None and f"{stage}_busy" in series:
-            t = series["t_s"]
-            sel = (t >= warm) & (t < result.manifest.duration_s)
-            if sel.any():
-                entry["mean_queue"] = float(series[f"{stage}_queue"][sel].mean())
+        n_servers = servers.get(stage)
+        busy = _window_samples(series, f"{stage}_busy", warm, result.manifest.duration_s)
+        if n_servers and busy is not None:
+            # calls (a batcher: batches) in service, averaged over the window's samples
+            entry["utilisation"] = float(busy.mean()) / n_servers
+        elif n_servers:
+            # no time series: the busy time of the window's requests' last calls
+            entry["utilisation"] = float(np.nansum(service)) / (n_servers * span)
+        queue = _window_samples(series, f"{stage}_queue", warm, result.manifest.duration_s)
+        if queue is not None:
+            entry["mean_queue"] = float(queue.mean())
         out[stage] = entry
     return out
+
+
+def _window_samples(
+    series: dict[str, np.ndarray] | None, name: str, start: float, end: float
+) -> np.ndarray | None:
+    """The samples of ``series[name]`` taken at t in [start, end); None where there are none."""
+    if series is None or name not in series or "t_s" not in series:
+        return None
+    t = series["t_s"]
+    sel = (t >= start) & (t < end)
+    return np.asarray(series[name][sel], dtype=float) if sel.any() else None

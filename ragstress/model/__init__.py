@@ -1,5 +1,5 @@
 """The discrete-event (SimPy) model of a RAG pipeline."""
 
-from ragstress.model.engine import ProgressCallback, simulate
+from ragstress.model.engine import Event, EventLog, ModelError, ProgressCallback, simulate
 
-__all__ = ["ProgressCallback", "simulate"]
+__all__ = ["Event", "EventLog", "ModelError", "ProgressCallback", "simulate"]

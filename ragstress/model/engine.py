@@ -30,12 +30,14 @@ attempts, wait and service are kept per call and summed per request and stage.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import simpy
+from simpy.events import URGENT
 
 from ragstress import __version__
 from ragstress.config.profile import (
@@ -61,7 +63,14 @@ from ragstress.results.schema import OUTCOMES, Manifest, RunResult, stage_column
 from ragstress.seeding import stream
 from ragstress.workload import Workload
 
-__all__ = ["SLIDING_WINDOW_S", "ModelError", "ProgressCallback", "simulate"]
+__all__ = [
+    "SLIDING_WINDOW_S",
+    "Event",
+    "EventLog",
+    "ModelError",
+    "ProgressCallback",
+    "simulate",
+]
 
 ProgressCallback = Callable[[float], None]
 SLIDING_WINDOW_S = 10.0
@@ -74,6 +83,42 @@ _OK_DEGRADED = _CODE["ok_degraded"]
 _POLICY_KEY = {"shed": "error_5xx"}
 # A call's outcome as the request's outcome: a 408 is the server saying "timed out".
 _REQUEST_OUTCOME = {"error_408": "timeout"}
+
+
+class Event(NamedTuple):
+    """One entry of the event log (``simulate(..., log=events.append)``).
+
+    ``kind``: ``send`` (a call leaves the caller), ``submit`` (it joins the station),
+    ``served`` (the station finished it), ``outcome`` (the caller learns it: ``detail`` is the
+    outcome), ``retry`` (``detail``: the wait before the next attempt), ``breaker``
+    (``detail``: ``"closed->open"`` etc.), ``fallback`` (``detail``: skip or the stage),
+    ``finish`` (``detail``: the request's outcome; ``stage`` is empty).
+    """
+
+    t: float
+    kind: str
+    stage: str
+    request: int
+    attempt: int
+    detail: str | float = ""
+
+
+EventLog = Callable[[Event], None]
+
+
+class _Deadline(simpy.Timeout):
+    """A caller's timeout: a Timeout scheduled URGENT, so that at the very instant an answer
+    also arrives the deadline wins whatever the order the two were scheduled in (a deadline
+    is exclusive: the answer must come before it)."""
+
+    def __init__(self, env: simpy.Environment, delay: float, value: Any) -> None:
+        # what simpy.Timeout.__init__ does, with URGENT instead of NORMAL
+        self.env = env
+        self.callbacks = []
+        self._value = value
+        self._delay = delay
+        self._ok = True
+        env.schedule(self, URGENT, delay)
 
 
 class ModelError(ValueError):
@@ -165,10 +210,13 @@ class _Run:
         workload: Workload,
         profile: Profile,
         plan: FaultPlan,
+        *,
         sample_interval_s: float,
         progress: ProgressCallback | None,
+        log: EventLog | None = None,
     ) -> None:
         self.env = simpy.Environment()
+        self.log = log
         self.workload = workload
         self.profile = profile
         self.plan = plan
@@ -245,6 +293,23 @@ class _Run:
                     "timeout never ends)"
                 )
 
+    # ------------------------------------------------------------------ event log
+
+    def _note(self, kind: str, st: _Stage | None, c: int, detail: str | float = "") -> None:
+        """Log an event (only called when a log is attached: the hot path stays bare)."""
+        assert self.log is not None
+        if st is None:
+            self.log(Event(self.env.now, kind, "", c, 0, detail))
+        else:
+            table = st.table
+            self.log(Event(self.env.now, kind, st.name, table.req[c], table.attempt[c], detail))
+
+    def _note_breaker(self, st: _Stage, before: int) -> None:
+        assert st.breaker is not None
+        for t, old, new in st.breaker.transitions[before:]:
+            assert self.log is not None
+            self.log(Event(t, "breaker", st.name, -1, 0, f"{old}->{new}"))
+
     # ------------------------------------------------------------------ construction
 
     def _station(self, st: _Stage) -> Station:
@@ -316,6 +381,8 @@ class _Run:
             self._visit(i, st)
 
     def _finish(self, i: int, code: int) -> None:
+        if self.log is not None:
+            self._note("finish", None, i, OUTCOMES[code])
         self.outcome[i] = code
         self.finished_at[i] = self.env.now
         self.visit[i] += 1  # nothing still in flight may touch the request again
@@ -381,32 +448,40 @@ class _Run:
         now = env.now
         table = st.table
         table.sent_at[c] = now
+        if self.log is not None:
+            self._note("send", st, c)
         breaker = st.breaker
-        if breaker is not None and not breaker.allow(now):
-            self._resolve(st, c, "breaker_open", None)
-            return
+        if breaker is not None:
+            before = len(breaker.transitions)
+            allowed = breaker.allow(now)
+            if self.log is not None:
+                self._note_breaker(st, before)
+            if not allowed:
+                self._resolve(st, c, "breaker_open", None)
+                return
         effect = NO_EFFECT
         if st.faulty:
             effect = self.plan.draw(st.name, now, st.fault_rng)
-        timeout = st.client.timeout_s
         if effect is not NO_EFFECT:
             st.effects[c] = effect
             if effect.refuse:
                 self._resolve(st, c, "error_connect", None)
                 return
-            if timeout != math.inf:
-                env.timeout(timeout, (st, c)).callbacks.append(self._on_timeout)
+            timeout = st.client.timeout_s
             if effect.hang:
+                _Deadline(env, timeout, (st, c)).callbacks.append(self._on_timeout)
                 return  # only the caller's timeout ends it
             if effect.status is not None and not effect.error_after_service:
+                if timeout <= effect.extra_latency_s:
+                    _Deadline(env, timeout, (st, c)).callbacks.append(self._on_timeout)
                 env.timeout(effect.extra_latency_s, (st, c)).callbacks.append(self._fault_answer)
                 return
             self._shape(st, c, effect)
             if effect.extra_latency_s > 0.0:
+                if timeout != math.inf:
+                    _Deadline(env, timeout, (st, c)).callbacks.append(self._on_timeout)
                 env.timeout(effect.extra_latency_s, (st, c)).callbacks.append(self._on_delayed)
                 return
-        elif timeout != math.inf:
-            env.timeout(timeout, (st, c)).callbacks.append(self._on_timeout)
         self._send(st, c)
 
     def _shape(self, st: _Stage, c: int, effect: CallEffect) -> None:
@@ -415,6 +490,10 @@ class _Run:
         table = st.table
         cfg = st.cfg
         tout = table.tokens_out[c]
+        if effect.truncate_after_tokens is not None and not effect.truncates(tout):
+            # the answer fits before the break point: it is delivered whole
+            effect = dataclasses.replace(effect, truncate_after_tokens=None)
+            st.effects[c] = effect
         if effect.truncates(tout):
             cut = effect.truncate_after_tokens
             assert cut is not None
@@ -436,10 +515,11 @@ class _Run:
         c: int
         st, c = event.value
         # even if the caller has given up meanwhile, the request is on the wire: it arrives
-        self._send(st, c)
+        self._send(st, c, armed=True)
 
-    def _send(self, st: _Stage, c: int) -> None:
-        """The call reaches the stage: rate limiter, then the station."""
+    def _send(self, st: _Stage, c: int, *, armed: bool = False) -> None:
+        """The call reaches the stage: rate limiter, then the station. ``armed``: the caller's
+        deadline is already scheduled (a delayed call)."""
         table = st.table
         limits = st.limits
         if limits is not None:
@@ -450,11 +530,25 @@ class _Run:
                 return
         station = st.station
         assert station is not None
+        if self.log is not None:
+            self._note("submit", st, c)
         station.submit(c)
+        timeout = st.client.timeout_s
+        if timeout != math.inf and not armed and table.outcome[c] is None:
+            # The caller's timer runs from the send. A call a FIFO station started at once
+            # and will finish in time needs no timer: skipping it keeps the event heap small.
+            now = self.env.now
+            elapsed = now - table.sent_at[c]
+            held = table.held_s[c]
+            if not (table.wait_s[c] == 0.0 and elapsed + held < timeout):
+                left = max(timeout - elapsed, 0.0)
+                _Deadline(self.env, left, (st, c)).callbacks.append(self._on_timeout)
 
     def _station_done(self, st: _Stage, c: int) -> None:
         table = st.table
         table.done_at[c] = self.env.now
+        if self.log is not None:
+            self._note("served", st, c)
         if not st.effects or c not in st.effects:
             # the common case, kept short: bill, and the caller has its answer
             table.cost_usd[c] = (
@@ -508,12 +602,17 @@ class _Run:
         if table.outcome[c] is not None:
             return
         table.outcome[c] = outcome
+        if self.log is not None:
+            self._note("outcome", st, c, outcome)
         breaker = st.breaker
         key = outcome
         if outcome != "ok":
             key = _POLICY_KEY.get(outcome, outcome)
         if breaker is not None and outcome != "breaker_open":
+            before = len(breaker.transitions)
             breaker.record(self.env.now, key)
+            if self.log is not None:
+                self._note_breaker(st, before)
         i = table.req[c]
         if table.visit[c] != self.visit[i]:
             return  # the request has moved on (a sibling call failed the stage)
@@ -529,6 +628,8 @@ class _Run:
             return
         wait = st.client.retrier.next_wait(key, table.attempt[c], st.retry_rng, retry_after)
         if wait is not None:
+            if self.log is not None:
+                self._note("retry", st, c, wait)
             self.env.timeout(wait, (st, c)).callbacks.append(self._retry)
             return
         self._stage_failed(i, st, outcome)
@@ -548,6 +649,8 @@ class _Run:
     def _stage_failed(self, i: int, st: _Stage, outcome: str) -> None:
         self.visit[i] += 1  # sibling calls still in flight no longer count
         kind = st.client.fallback
+        if self.log is not None and kind != "fail":
+            self._note("fallback", None, i, kind if st.fallback is None else st.fallback.name)
         if kind == "skip":
             self.degraded[i] = True
             self._advance(i)
@@ -602,7 +705,13 @@ class _Run:
                 sample_busy[k].append(st.station.busy())
             if progress is not None:
                 progress(min(env.now / duration, 1.0))
-            if env.now < duration or self.in_flight > 0:
+            # keep sampling while work remains: arrivals to come, requests in flight, or
+            # abandoned calls the stations are still serving
+            if (
+                env.now < duration
+                or self.in_flight > 0
+                or any(st.station.busy() or st.station.queued() for st in stations)  # type: ignore[union-attr]
+            ):
                 env.timeout(dt).callbacks.append(sample)
 
         env.timeout(0).callbacks.append(sample)
@@ -776,13 +885,15 @@ def simulate(
     *,
     sample_interval_s: float = 1.0,
     progress: ProgressCallback | None = None,
+    log: EventLog | None = None,
 ) -> RunResult:
     """Simulate every request of ``workload`` through ``profile`` until the system drains.
 
     Requests arrive open loop at their intended times. The run continues past the scenario's
     duration until the last request has finished, so every arrival ends in exactly one
     outcome. The scenario's fault plan applies (``ragstress.faults.plan``). Raises
-    :class:`ModelError` when the scenario's faults do not fit the profile.
+    :class:`ModelError` when the scenario's faults do not fit the profile. ``log`` receives
+    every :class:`Event` in order (for tests and debugging; it slows the run).
     """
     names = [s.name for s in profile.stages if not isinstance(s, CacheStage)]
     try:
@@ -798,4 +909,6 @@ def simulate(
         )
     except ValueError as exc:
         raise ModelError(str(exc)) from None
-    return _Run(workload, profile, plan, sample_interval_s, progress).run()
+    return _Run(
+        workload, profile, plan, sample_interval_s=sample_interval_s, progress=progress, log=log
+    ).run()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -20,19 +20,25 @@ from matplotlib.transforms import ScaledTranslation
 from pydantic import ValidationError
 
 from ragstress.analysis import per_window, window_mask
+from ragstress.config.profile import CacheStage, Profile
 from ragstress.config.scenario import Scenario, TraceArrivals
-from ragstress.results.schema import RunResult, stage_columns
+from ragstress.results.schema import ANSWERED, OUTCOMES, RunResult, stage_columns
 
 if TYPE_CHECKING:
     from matplotlib.typing import RcKeyType
 
 __all__ = [
     "CHART_STYLE",
+    "OUTCOME_COLOURS",
     "fmt_seconds",
+    "has_outcome_series",
+    "has_stage_call_series",
     "latency_cdf",
     "latency_over_time",
+    "outcomes_over_time",
     "queues_over_time",
     "stage_breakdown",
+    "stage_calls_over_time",
     "throughput_over_time",
 ]
 
@@ -56,6 +62,34 @@ WAIT_COLOUR = "#d62728"
 SERVICE_COLOUR = "#2ca02c"
 ERROR_COLOUR = "#d62728"
 OFFERED_COLOUR = "#7f7f7f"
+P95_COLOUR = "#08306b"
+# One colour per outcome, the same in every chart: answers green, failures warm colours
+# (orange, yellow, reds, browns, pink) that stay apart from each other when stacked.
+OUTCOME_COLOURS: dict[str, str] = {
+    "ok": "#2ca02c",
+    "ok_degraded": "#a1d99b",
+    "timeout": "#ff7f0e",
+    "error_429": "#ffd92f",
+    "error_5xx": "#d62728",
+    "error_connect": "#8c564b",
+    "error_stream": "#e377c2",
+    "breaker_open": "#67000d",
+    "shed": "#fdae6b",
+}
+OTHER_OUTCOME_COLOUR = "#bdbdbd"
+# One colour per stage (by pipeline position), shared by the queue and the calls charts
+STAGE_COLOURS: tuple[str, ...] = (
+    E2E_COLOUR,
+    TTFT_COLOUR,
+    SERVICE_COLOUR,
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#17becf",
+    "#bcbd22",
+    "#7f7f7f",
+    "#d62728",
+)
 PERCENTILE_MARKERS: tuple[tuple[str, float, str], ...] = (
     ("p50", 50.0, "o"),
     ("p95", 95.0, "s"),
@@ -599,14 +633,14 @@ def queues_over_time(ax: Axes, result: RunResult, summary: Mapping[str, Any] | N
                 lw=2,
                 label="in flight (whole pipeline)",
             )
-        colours = [E2E_COLOUR, TTFT_COLOUR, SERVICE_COLOUR, "#9467bd", "#8c564b", "#e377c2"]
         for k, stage in enumerate(result.stages):
             col = f"{stage}_queue"
             if col not in series:
                 continue
             q = series[col]
             label = f"{stage} queue" + ("" if q.any() else " (always empty)")
-            _series_line(ax, t, q, width, color=colours[k % len(colours)], lw=1.4, label=label)
+            colour = STAGE_COLOURS[k % len(STAGE_COLOURS)]
+            _series_line(ax, t, q, width, color=colour, lw=1.4, label=label)
         x_end = float(t[-1])
     elif len(result):
         t, n = _in_flight_from_requests(result, _window_width(result, None, QUEUE_MAX_POINTS))
@@ -630,3 +664,225 @@ def queues_over_time(ax: Axes, result: RunResult, summary: Mapping[str, Any] | N
     ax.set_xlabel("time since start of run (s)")
     ax.set_ylabel("requests")
     _finish(ax, ncol=3)
+
+
+# --------------------------------------------------------------------------------------------
+# (6) outcomes over time and (7) calls per stage, from the run's per-interval counts
+
+
+def _sample_interval(t: np.ndarray) -> float:
+    """The time series' sampling interval (1 s when it cannot tell)."""
+    steps = np.diff(t)
+    steps = steps[steps > 0]
+    return float(np.median(steps)) if steps.size else 1.0
+
+
+def _count_series(result: RunResult, names: Sequence[str]) -> bool:
+    series = result.timeseries
+    return (
+        series is not None
+        and "t_s" in series
+        and series["t_s"].size > 0
+        and all(name in series for name in names)
+    )
+
+
+def has_outcome_series(result: RunResult) -> bool:
+    """Whether the run's time series has per-interval arrivals and completions (older runs
+    and measured runs may not)."""
+    return _count_series(result, ["arrivals"]) and any(
+        f"completed_{name}" in (result.timeseries or {}) for name in OUTCOMES
+    )
+
+
+def _call_stages(result: RunResult) -> list[tuple[int, str]]:
+    """``(pipeline position, stage)`` of each non-cache stage with per-interval calls sent
+    and served in the time series."""
+    try:
+        caches = {
+            s.name
+            for s in Profile.model_validate(result.manifest.profile).stages
+            if isinstance(s, CacheStage)
+        }
+    except ValidationError:
+        caches = set()
+    return [
+        (k, stage)
+        for k, stage in enumerate(result.stages)
+        if stage not in caches and _count_series(result, [f"{stage}_sent", f"{stage}_served"])
+    ]
+
+
+def has_stage_call_series(result: RunResult) -> bool:
+    """Whether the run's time series has calls sent and served per interval for a stage."""
+    return bool(_call_stages(result))
+
+
+class _Intervals:
+    """The time series' per-interval counts, merged into at most ``max_windows`` windows of
+    whole intervals so a long run stays readable; ``rate`` gives counts per second."""
+
+    def __init__(self, series: Mapping[str, np.ndarray], max_windows: int = RATE_WINDOWS) -> None:
+        t = series["t_s"].astype(float)
+        self.series = series
+        self.dt = _sample_interval(t)
+        self.factor = max(1, math.ceil(t.size / max_windows))
+        self.starts = np.arange(0, t.size, self.factor)
+        ends = np.append(self.starts[1:], t.size)
+        self.widths = (ends - self.starts) * self.dt
+        self.width = self.factor * self.dt
+        self.edges = np.append(t[self.starts], t[-1] + self.dt)
+
+    def total(self, name: str) -> int:
+        return int(np.asarray(self.series[name]).sum())
+
+    def rate(self, name: str) -> np.ndarray:
+        counts = np.add.reduceat(np.asarray(self.series[name], dtype=float), self.starts)
+        return np.asarray(counts / self.widths, dtype=float)
+
+    @staticmethod
+    def steps(values: np.ndarray) -> np.ndarray:
+        """Per-window values for a ``step="post"`` plot over ``edges``: the last repeated."""
+        return np.append(values, values[-1:])
+
+    def per(self) -> str:
+        if self.factor == 1:
+            return f"per {self.dt:g} s interval"
+        return f"per {self.width:g} s window"
+
+
+def _no_series(ax: Axes, result: RunResult, what: str) -> None:
+    _empty_note(ax, f"no {what} in this run's time series (an older or measured run)")
+    _mark_run_window(ax, result)
+    ax.set_xlim(0, max(result.manifest.duration_s, 1.0))
+
+
+def outcomes_over_time(
+    ax: Axes, result: RunResult, summary: Mapping[str, Any] | None = None
+) -> None:
+    """Requests completed per interval, stacked by outcome (answers green at the bottom,
+    failures in warm colours above), arrivals per interval as a line, and on a second y axis
+    the p95 latency of the answers completed in the trailing window (the engine's
+    ``latency_p95_s`` series), with the SLO's p95 target."""
+    del summary
+    series = result.timeseries
+    title = "Outcomes over time: completions by outcome, arrivals and p95 latency"
+    if series is None or not has_outcome_series(result):
+        _no_series(ax, result, "per-interval outcome counts")
+        ax.set_title(title)
+        ax.set_xlabel("time since start of run (s)")
+        ax.set_ylabel("requests per second")
+        _finish(ax, ncol=3)
+        return
+    iv = _Intervals(series)
+    names = [f"completed_{o}" for o in OUTCOMES if f"completed_{o}" in series]
+    names += sorted(k for k in series if k.startswith("completed_") and k not in names)
+    occurring = [name for name in names if iv.total(name) > 0]
+    base = np.zeros(iv.starts.size)
+    for name in occurring:
+        outcome = name.removeprefix("completed_")
+        top = base + iv.rate(name)
+        ax.fill_between(
+            iv.edges,
+            iv.steps(base),
+            iv.steps(top),
+            step="post",
+            color=OUTCOME_COLOURS.get(outcome, OTHER_OUTCOME_COLOUR),
+            alpha=0.9 if outcome in ANSWERED else 0.85,
+            lw=0,
+            label=f"{outcome} ({iv.total(name):,})",
+        )
+        base = top
+    ax.step(
+        iv.edges,
+        iv.steps(iv.rate("arrivals")),
+        where="post",
+        color="black",
+        lw=1.3,
+        label=f"arrivals ({iv.total('arrivals'):,})",
+    )
+    if not occurring:
+        _empty_note(ax, "no request completed")
+    if "latency_p95_s" in series:
+        twin = ax.twinx()
+        twin.spines["right"].set_visible(True)
+        t = series["t_s"].astype(float)
+        p95 = series["latency_p95_s"].astype(float)
+        # the value of interval k covers the trailing window that ends with the interval
+        twin.plot(t + iv.dt, p95, color=P95_COLOUR, lw=1.6)
+        ax.plot([], [], color=P95_COLOUR, lw=1.6, label="p95 latency (right axis)")
+        for pct, target in _slo_targets(result, "latency_s"):
+            if pct == "p95":
+                twin.axhline(target, color=P95_COLOUR, ls="--", lw=1.3)
+                ax.plot(
+                    [],
+                    [],
+                    color=P95_COLOUR,
+                    ls="--",
+                    lw=1.3,
+                    label=f"SLO p95 ≤ {fmt_seconds(target)}",
+                )
+        twin.set_ylim(bottom=0)
+        if not np.isfinite(p95).any():
+            twin.set_ylim(0, 1)
+        twin.set_ylabel("p95 latency, trailing 10 s (s)", color=P95_COLOUR)
+        twin.tick_params(axis="y", colors=P95_COLOUR)
+    _mark_run_window(ax, result)
+    ax.set_xlim(0, max(float(iv.edges[-1]), result.manifest.duration_s))
+    ax.set_ylim(0, max(ax.get_ylim()[1], 1.0))
+    ax.set_title(f"{title} ({iv.per()})")
+    ax.set_xlabel("time since start of run (s)")
+    ax.set_ylabel("requests per second (by finish time)")
+    _finish(ax, ncol=4)
+
+
+def stage_calls_over_time(
+    ax: Axes, result: RunResult, summary: Mapping[str, Any] | None = None
+) -> None:
+    """Per non-cache stage: calls sent to it per interval (retries included) as a solid line
+    and calls it finished per interval (abandoned ones included: its throughput) as a dashed
+    line in the same colour. Sent above served means calls refused or piling up; sent far
+    above the request rate means retries amplify the load."""
+    series = result.timeseries
+    stages = _call_stages(result)
+    title = "Calls per stage: sent vs served"
+    if series is None or not stages:
+        _no_series(ax, result, "per-interval calls sent and served")
+        ax.set_title(title)
+        ax.set_xlabel("time since start of run (s)")
+        ax.set_ylabel("calls per second")
+        _finish(ax, ncol=2)
+        return
+    iv = _Intervals(series)
+    amplification = (summary or {}).get("retry_amplification") or {}
+    for k, stage in stages:
+        colour = STAGE_COLOURS[k % len(STAGE_COLOURS)]
+        sent, served = f"{stage}_sent", f"{stage}_served"
+        amp = _num(amplification.get(stage)) if isinstance(amplification, Mapping) else math.nan
+        extra = f"; ×{amp:.2f} per request reaching it" if math.isfinite(amp) else ""
+        ax.step(
+            iv.edges,
+            iv.steps(iv.rate(sent)),
+            where="post",
+            color=colour,
+            lw=1.7,
+            label=f"{stage} sent ({iv.total(sent):,}{extra})",
+        )
+        ax.step(
+            iv.edges,
+            iv.steps(iv.rate(served)),
+            where="post",
+            color=colour,
+            lw=1.3,
+            ls="--",
+            label=f"{stage} served ({iv.total(served):,})",
+        )
+    if not any(iv.total(f"{stage}_sent") for _, stage in stages):
+        _empty_note(ax, "no calls were sent")
+    _mark_run_window(ax, result)
+    ax.set_xlim(0, max(float(iv.edges[-1]), result.manifest.duration_s))
+    ax.set_ylim(0, max(ax.get_ylim()[1], 1.0))
+    ax.set_title(f"{title} ({iv.per()})")
+    ax.set_xlabel("time since start of run (s)")
+    ax.set_ylabel("calls per second")
+    _finish(ax, ncol=2)

@@ -26,10 +26,14 @@ from ragstress.analysis import summarize
 from ragstress.report.charts import (
     CHART_STYLE,
     fmt_seconds,
+    has_outcome_series,
+    has_stage_call_series,
     latency_cdf,
     latency_over_time,
+    outcomes_over_time,
     queues_over_time,
     stage_breakdown,
+    stage_calls_over_time,
     throughput_over_time,
 )
 from ragstress.results.schema import OUTCOMES, RunResult
@@ -43,13 +47,22 @@ REPORT_MD = "report.md"
 ChartFn = Callable[[Axes, RunResult, Mapping[str, Any] | None], None]
 
 
+def _always(result: RunResult) -> bool:
+    del result
+    return True
+
+
 @dataclass(frozen=True)
 class ChartSpec:
+    """A chart of the report. ``available`` says whether a run has what the chart needs; a
+    run without it (an older or measured run) gets a report without that chart."""
+
     filename: str
     title: str
     draw: ChartFn
     caption: str
     size: tuple[float, float] = (11.0, 5.8)
+    available: Callable[[RunResult], bool] = _always
 
 
 CHARTS: tuple[ChartSpec, ...] = (
@@ -90,6 +103,24 @@ CHARTS: tuple[ChartSpec, ...] = (
         queues_over_time,
         "Read which queue grows with the load: a stage whose queue rises and keeps rising is "
         "saturated, and the in-flight line shows how much work was in the system.",
+    ),
+    ChartSpec(
+        "outcomes_over_time.png",
+        "Outcomes over time",
+        outcomes_over_time,
+        "Read when requests started failing and how: warm bands stacked on the green answers "
+        "are failures by kind (counts over the whole run in the legend), the black line is "
+        "arrivals, and the blue line (right axis) the p95 latency of recent answers.",
+        available=has_outcome_series,
+    ),
+    ChartSpec(
+        "stage_calls_over_time.png",
+        "Calls per stage: sent vs served",
+        stage_calls_over_time,
+        "Read retry amplification and server throughput: a stage's solid line (calls sent, "
+        "retries included) far above its dashed line (calls it finished) means calls were "
+        "refused or retried faster than the stage could serve them.",
+        available=has_stage_call_series,
     ),
 )
 
@@ -177,7 +208,46 @@ def _slo_value(row: Mapping[str, Any]) -> tuple[str, str]:
     return f"≤ {_fmt_s(row.get('target'))}", _fmt_s(row.get("value"))
 
 
-def _summary_rows(summary: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+def _fmt_times(value: Any) -> str:
+    v = _num(value)
+    return "—" if not math.isfinite(v) else f"×{v:.3g}"
+
+
+def _stage_cost_rows(
+    summary: Mapping[str, Any], stages: Sequence[str]
+) -> list[tuple[str, str, str]]:
+    """Per stage: its cost (call charges + replica-hour share); none for an older summary."""
+    by_stage = _get(summary, "cost_usd", "by_stage")
+    if not isinstance(by_stage, Mapping):
+        return []
+    rows = []
+    for stage in stages:
+        entry = by_stage.get(stage)
+        if not isinstance(entry, Mapping):
+            continue
+        detail = (
+            f"{_fmt_usd(entry.get('per_request_charges'))} calls + "
+            f"{_fmt_usd(entry.get('fixed'))} replica-hours"
+        )
+        rows.append((f"cost: {stage}", f"{_fmt_usd(entry.get('total'))} ({detail})", ""))
+    return rows
+
+
+def _retry_rows(summary: Mapping[str, Any], stages: Sequence[str]) -> list[tuple[str, str, str]]:
+    """Per stage: calls sent per request that reached it; none for an older summary."""
+    amplification = summary.get("retry_amplification")
+    if not isinstance(amplification, Mapping):
+        return []
+    return [
+        (f"retry amplification: {stage}", _fmt_times(amplification.get(stage)), "")
+        for stage in stages
+        if stage in amplification
+    ]
+
+
+def _summary_rows(
+    summary: Mapping[str, Any], stages: Sequence[str] = ()
+) -> list[tuple[str, str, str]]:
     """(figure, value, 95 % interval) rows of the summary table."""
     lat = "latency_s"
     return [
@@ -193,6 +263,14 @@ def _summary_rows(summary: Mapping[str, Any]) -> list[tuple[str, str, str]]:
         ("TTFT p95", _fmt_s(_get(summary, "ttft_s", "p95")), _fmt_ci(summary, "ttft_s", "p95")),
         ("cost per 1k requests", _fmt_usd(summary.get("cost_usd_per_1k")), ""),
         ("cost per 1k answers", _fmt_usd(summary.get("cost_usd_per_1k_answers")), ""),
+        ("cost per answer", _fmt_usd(summary.get("cost_usd_per_answer")), ""),
+        (
+            "cost per good answer (within SLO)",
+            _fmt_usd(summary.get("cost_usd_per_good_answer")),
+            "",
+        ),
+        *_stage_cost_rows(summary, stages),
+        *_retry_rows(summary, stages),
     ]
 
 
@@ -347,7 +425,7 @@ def _html(result: RunResult, summary: Mapping[str, Any], images: Mapping[str, by
             f"[{_e(_fmt_s(window[0]))}, {_e(_fmt_s(window[1]))}); latency is measured from "
             "each request's intended arrival time.</p>"
         )
-    parts.append(_table(["figure", "value", "95% interval"], _summary_rows(summary)))
+    parts.append(_table(["figure", "value", "95% interval"], _summary_rows(summary, result.stages)))
     parts.append("<h2>Service-level objectives</h2>")
     parts.append(_slo_html(summary))
     parts.append("<h2>Stages</h2>")
@@ -356,6 +434,8 @@ def _html(result: RunResult, summary: Mapping[str, Any], images: Mapping[str, by
     parts.append(_table(["outcome", "requests", "share"], _outcome_rows(summary)))
     parts.append("<h2>Charts</h2>")
     for spec in CHARTS:
+        if spec.filename not in images:
+            continue  # the run lacks what this chart needs
         data = base64.b64encode(images[spec.filename]).decode("ascii")
         parts.append(
             f"<figure><h3>{_e(spec.title)}</h3>"
@@ -383,14 +463,16 @@ def _md_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-def _markdown(result: RunResult, summary: Mapping[str, Any]) -> str:
+def _markdown(
+    result: RunResult, summary: Mapping[str, Any], charts: Sequence[ChartSpec] = CHARTS
+) -> str:
     name = str(result.manifest.scenario.get("name", "run"))
     out = [f"# ragstress report: {_md_cell(name)}", ""]
     out += [_md_table(["run", ""], _header_rows(result)), ""]
     out += [
         "## Summary",
         "",
-        _md_table(["figure", "value", "95% interval"], _summary_rows(summary)),
+        _md_table(["figure", "value", "95% interval"], _summary_rows(summary, result.stages)),
     ]
     out += ["", "## Service-level objectives", ""]
     slo_rows = []
@@ -412,7 +494,7 @@ def _markdown(result: RunResult, summary: Mapping[str, Any]) -> str:
         _md_table(["outcome", "requests", "share"], _outcome_rows(summary)),
     ]
     out += ["", "## Charts", ""]
-    for spec in CHARTS:
+    for spec in charts:
         out += [f"### {spec.title}", "", f"![{spec.title}]({spec.filename})", "", spec.caption, ""]
     return "\n".join(out)
 
@@ -433,7 +515,8 @@ def write_report(folder: str | Path) -> list[Path]:
         summary = summarize(result)
     written: list[Path] = []
     images: dict[str, bytes] = {}
-    for spec in CHARTS:
+    charts = [spec for spec in CHARTS if spec.available(result)]
+    for spec in charts:
         png = render_chart(spec, result, summary)
         images[spec.filename] = png
         path = out / spec.filename
@@ -443,6 +526,6 @@ def write_report(folder: str | Path) -> list[Path]:
     write_atomic(html_path, _html(result, summary, images).encode("utf-8"))
     written.append(html_path)
     md_path = out / REPORT_MD
-    write_atomic(md_path, (_markdown(result, summary) + "\n").encode("utf-8"))
+    write_atomic(md_path, (_markdown(result, summary, charts) + "\n").encode("utf-8"))
     written.append(md_path)
     return written

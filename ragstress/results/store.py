@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ragstress.results.schema import Manifest, RunResult
+from ragstress.results.schema import OUTCOMES, Manifest, RunResult
 
 __all__ = ["ResultsError", "read_run", "read_summary", "write_atomic", "write_run"]
 
@@ -27,8 +27,15 @@ REQUESTS = "requests.csv"
 TIMESERIES = "timeseries.csv"
 SUMMARY = "summary.json"
 
-_INT_COLUMNS = {"id", "attempts", "tokens_in", "tokens_out"}
-_STR_COLUMNS = {"outcome"}
+# Integer counts, read back as int64: request columns and per-interval time-series counts
+_INT_COLUMNS = frozenset(
+    {"id", "attempts", "tokens_in", "tokens_out", "in_flight", "arrivals"}
+    | {f"completed_{name}" for name in OUTCOMES}
+)
+# per stage: calls sent per request (``<stage>_attempts``); in the time series, calls sent and
+# served per interval and calls queued and in service per sample
+_INT_SUFFIXES = ("_attempts", "_sent", "_served", "_queue", "_busy")
+_STR_COLUMNS = frozenset({"outcome"})
 
 
 class ResultsError(Exception):
@@ -109,6 +116,23 @@ def write_run(
     return out
 
 
+def _is_int_column(name: str) -> bool:
+    return name in _INT_COLUMNS or name.endswith(_INT_SUFFIXES)
+
+
+def _int_cell(value: str) -> int:
+    """An integer cell; empty is 0, and ``3.0`` (a count another tool wrote as a float) is 3."""
+    if not value:
+        return 0
+    try:
+        return int(value)
+    except ValueError:
+        number = float(value)
+        if not number.is_integer():
+            raise ValueError(f"not an integer count: {value!r}") from None
+        return int(number)
+
+
 def _read_csv(path: Path) -> dict[str, np.ndarray]:
     with path.open(newline="", encoding="utf-8") as fh:
         reader = csv.reader(fh)
@@ -122,8 +146,8 @@ def _read_csv(path: Path) -> dict[str, np.ndarray]:
         raw = [r[k] if k < len(r) else "" for r in rows]
         if name in _STR_COLUMNS:
             cols[name] = np.asarray(raw, dtype=str)
-        elif name in _INT_COLUMNS or name.endswith(("_queue", "_busy")) or name == "in_flight":
-            cols[name] = np.asarray([int(v) if v else 0 for v in raw], dtype=np.int64)
+        elif _is_int_column(name):
+            cols[name] = np.asarray([_int_cell(v) for v in raw], dtype=np.int64)
         else:
             cols[name] = np.asarray([float(v) if v else math.nan for v in raw], dtype=float)
     return cols

@@ -169,4 +169,7 @@ def test_shipped_files_simulate(scenario: Path, profile: Path, tmp_path: Path) -
     assert res.exit_code == 0, res.output
     summary = json.loads((out / "summary.json").read_text())
     assert summary["requests"] > 0
-    assert summary["answered"] > 0
+    # every request ends in exactly one outcome; some pairs (steady load on the near-capacity
+    # retry-storm profile) legitimately answer nothing, so "answered > 0" is no invariant
+    assert sum(summary["outcomes"].values()) == summary["requests"]
+    assert summary["answered"] == summary["outcomes"]["ok"] + summary["outcomes"]["ok_degraded"]

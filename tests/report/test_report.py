@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.collections import PolyCollection
+from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 from matplotlib.image import imread
 
@@ -27,16 +29,28 @@ from ragstress.report import (
     throughput_over_time,
     write_report,
 )
+from ragstress.report.charts import (
+    OUTCOME_COLOURS,
+    has_outcome_series,
+    has_stage_call_series,
+    outcomes_over_time,
+    stage_calls_over_time,
+)
 from ragstress.results import Manifest, RunResult, read_run, write_run
+from ragstress.results.schema import OUTCOMES
 from ragstress.results.store import ResultsError, read_summary
 
-PNGS = (
+# drawn for every run
+BASE_PNGS = (
     "latency_cdf.png",
     "latency_over_time.png",
     "throughput_over_time.png",
     "stage_breakdown.png",
     "queues_over_time.png",
 )
+# drawn only for runs whose time series has per-interval counts (every simulated run)
+SERIES_PNGS = ("outcomes_over_time.png", "stage_calls_over_time.png")
+PNGS = BASE_PNGS + SERIES_PNGS
 Chart = Callable[[Axes, RunResult, Mapping[str, Any] | None], None]
 CHARTS: dict[str, Chart] = {
     "latency_cdf": latency_cdf,
@@ -44,6 +58,8 @@ CHARTS: dict[str, Chart] = {
     "throughput_over_time": throughput_over_time,
     "stage_breakdown": stage_breakdown,
     "queues_over_time": queues_over_time,
+    "outcomes_over_time": outcomes_over_time,
+    "stage_calls_over_time": stage_calls_over_time,
 }
 
 SCENARIO: dict[str, Any] = {
@@ -205,7 +221,7 @@ def test_html_is_self_contained(run_folder: Path, report: list[Path]) -> None:
     assert "small-rag" in text
     for objective in ("latency_s.p95", "ttft_s.p95", "error_rate"):
         assert objective in text
-    assert text.count("data:image/png;base64,") == 5
+    assert text.count("data:image/png;base64,") == 7
     assert "http://" not in text
     assert "https://" not in text
     assert "<script" not in text
@@ -231,7 +247,7 @@ def test_html_has_summary_slo_stage_and_outcome_tables(
     assert len(verdicts) == len(summary["slo"])
     assert verdicts == ["met" if row["met"] else "notmet" for row in summary["slo"]]
     assert "<td>shed</td>" in text
-    assert text.count("<figcaption>") == 5
+    assert text.count("<figcaption>") == 7
 
 
 def test_markdown_twin_references_the_pngs(run_folder: Path, report: list[Path]) -> None:
@@ -248,11 +264,13 @@ def test_report_without_summary_json_computes_it(run_folder: Path, tmp_path: Pat
     shutil.copytree(run_folder, folder)
     (folder / "summary.json").unlink()
     written = write_report(folder)
-    assert len(written) == 7
+    assert len(written) == 9
     assert not (folder / "summary.json").exists()  # the report never writes run data
     text = (folder / "report.html").read_text(encoding="utf-8")
     assert "latency_s.p95" in text
-    assert text.count("data:image/png;base64,") == 5
+    assert text.count("data:image/png;base64,") == 7
+    assert "cost per good answer" in text
+    assert "retry amplification: generate" in text
 
 
 def test_not_a_run_folder_raises(tmp_path: Path) -> None:
@@ -277,19 +295,20 @@ def test_empty_run_does_not_crash(tmp_path: Path) -> None:
     result = _simulate(tmp_path, scenario)
     assert len(result) == 0
     written = write_report(tmp_path)
-    assert len(written) == 7
+    assert len(written) == 9  # a simulated run has a time series even without requests
     for name in PNGS:
         _assert_valid_png(tmp_path / name)
     text = (tmp_path / "report.html").read_text(encoding="utf-8")
-    assert text.count("data:image/png;base64,") == 5
+    assert text.count("data:image/png;base64,") == 7
     assert "—" in text  # NaN figures print as a dash, not "nan"
     assert ">nan<" not in text.lower()
 
 
 def test_all_shed_run_does_not_crash(tmp_path: Path) -> None:
     write_run(tmp_path, _all_shed())  # measured, no time series, no summary.json
-    write_report(tmp_path)
-    for name in PNGS:
+    written = write_report(tmp_path)
+    assert sorted(p.name for p in written) == sorted([*BASE_PNGS, "report.html", "report.md"])
+    for name in BASE_PNGS:
         _assert_valid_png(tmp_path / name)
     text = (tmp_path / "report.html").read_text(encoding="utf-8")
     assert "measured" in text
@@ -444,3 +463,221 @@ def test_latency_cdf_of_a_large_run_is_thinned_but_exact_in_the_tail() -> None:
     assert x[-1] == pytest.approx(latency.max())
     # the curve passes through the true p99
     assert np.interp(0.99, y, x) == pytest.approx(np.quantile(latency, 0.99), rel=1e-3)
+
+
+# ------------------------------------------------------------------------------ series charts
+
+
+def _series_run(
+    series: dict[str, np.ndarray] | None, profile: dict[str, Any] | None = None
+) -> RunResult:
+    """The all-shed request table with a hand-made time series and (optionally) profile."""
+    base = _all_shed()
+    manifest = base.manifest.model_copy(
+        update={
+            "profile": profile,
+            "stages": ["cache", "embed", "generate"] if profile else base.manifest.stages,
+        }
+    )
+    requests = dict(base.requests)
+    if profile:
+        n = len(base)
+        requests["cache_wait_s"] = np.zeros(n)
+        requests["cache_service_s"] = np.zeros(n)
+    return RunResult(manifest=manifest, requests=requests, timeseries=series)
+
+
+def _outcome_series() -> dict[str, np.ndarray]:
+    zeros = np.zeros(4, dtype=np.int64)
+    series: dict[str, np.ndarray] = {
+        "t_s": np.arange(4.0),
+        "in_flight": zeros.copy(),
+        "arrivals": np.array([2, 1, 0, 0]),
+        "latency_p95_s": np.array([math.nan, 0.5, 0.7, math.nan]),
+    }
+    for name in OUTCOMES:
+        series[f"completed_{name}"] = zeros.copy()
+    series["completed_ok"] = np.array([1, 1, 0, 0])
+    series["completed_shed"] = np.array([0, 1, 0, 0])
+    return series
+
+
+def test_outcomes_over_time_stacks_only_the_outcomes_that_occur() -> None:
+    ax = _draw(outcomes_over_time, _series_run(_outcome_series()))
+    bands = [c for c in ax.collections if isinstance(c, PolyCollection)]
+    labels = [str(c.get_label()) for c in bands]
+    assert labels == ["ok (2)", "shed (1)"]  # answers first (bottom), no empty outcomes
+    faces = [np.asarray(band.get_facecolor(), dtype=float)[0] for band in bands]
+    assert [to_hex(tuple(face[:3].tolist())) for face in faces] == [
+        OUTCOME_COLOURS["ok"],
+        OUTCOME_COLOURS["shed"],
+    ]
+    # shed sits on top of ok: its band reaches ok + shed = 2 in the second interval
+    top = np.asarray(bands[1].get_paths()[0].vertices, dtype=float)[:, 1]
+    assert float(top.max()) == pytest.approx(2.0)
+    arrivals = next(line for line in ax.get_lines() if str(line.get_label()).startswith("arr"))
+    assert str(arrivals.get_label()) == "arrivals (3)"
+    assert list(np.asarray(arrivals.get_ydata(), dtype=float)) == [2, 1, 0, 0, 0]
+    # p95 on a second y axis sharing x, plotted at the end of each interval
+    figure = ax.get_figure()
+    assert figure is not None
+    twins = [a for a in figure.axes if a is not ax]
+    assert len(twins) == 1
+    p95 = twins[0].get_lines()[0]
+    assert list(np.asarray(p95.get_xdata(), dtype=float)) == [1, 2, 3, 4]
+    assert "p95" in twins[0].get_ylabel()
+    legend = ax.get_legend()
+    assert legend is not None
+    texts = [t.get_text() for t in legend.get_texts()]
+    assert "p95 latency (right axis)" in texts
+    assert "SLO p95 ≤ 2 s" in texts  # the scenario's latency target, on the p95 axis
+    assert "(s)" in ax.get_xlabel()
+    assert "per second" in ax.get_ylabel()
+
+
+def test_outcomes_over_time_merges_a_long_run_into_wider_windows() -> None:
+    m = 1000
+    series = {
+        "t_s": np.arange(float(m)),
+        "arrivals": np.full(m, 3, dtype=np.int64),
+        "completed_ok": np.full(m, 3, dtype=np.int64),
+        "latency_p95_s": np.full(m, 0.5),
+    }
+    ax = _draw(outcomes_over_time, _series_run(series))
+    arrivals = next(line for line in ax.get_lines() if str(line.get_label()).startswith("arr"))
+    x = np.asarray(arrivals.get_xdata(), dtype=float)
+    y = np.asarray(arrivals.get_ydata(), dtype=float)
+    assert x.size - 1 <= 100
+    np.testing.assert_allclose(y, 3.0)  # still a rate per second, whatever the window
+    assert x[-1] == pytest.approx(m)
+    assert "per 10 s window" in ax.get_title()
+
+
+CALLS_PROFILE: dict[str, Any] = {
+    "name": "with-cache",
+    "stages": [
+        {
+            "kind": "cache",
+            "name": "cache",
+            "lookup": {"kind": "deterministic", "value": 0.001},
+            "hits": {"kind": "probability", "p": 0.5},
+            "skips": ["embed"],
+        },
+        {
+            "kind": "pool",
+            "name": "embed",
+            "concurrency": 2,
+            "service": {"kind": "deterministic", "value": 0.01},
+        },
+        {
+            "kind": "llm_api",
+            "name": "generate",
+            "concurrency": 4,
+            "ttft": {"kind": "deterministic", "value": 0.2},
+            "time_per_output_token_s": 0.01,
+        },
+    ],
+}
+
+
+def test_stage_calls_draws_sent_and_served_per_non_cache_stage() -> None:
+    series = {
+        "t_s": np.arange(3.0),
+        "cache_sent": np.array([5, 5, 5]),
+        "cache_served": np.array([5, 5, 5]),
+        "embed_sent": np.array([2, 2, 0]),
+        "embed_served": np.array([1, 2, 1]),
+        "generate_sent": np.array([4, 6, 0]),
+        "generate_served": np.array([1, 1, 1]),
+    }
+    summary = {"retry_amplification": {"embed": 1.0, "generate": 1.5}}
+    ax = _draw(stage_calls_over_time, _series_run(series, CALLS_PROFILE), summary)
+    lines = {str(line.get_label()): line for line in ax.get_lines()}
+    assert not [label for label in lines if label.startswith("cache")]
+    sent = lines["generate sent (10; ×1.50 per request reaching it)"]
+    served = lines["generate served (3)"]
+    assert list(np.asarray(sent.get_ydata(), dtype=float)) == [4, 6, 0, 0]
+    assert list(np.asarray(served.get_ydata(), dtype=float)) == [1, 1, 1, 1]
+    assert sent.get_color() == served.get_color()
+    assert served.get_linestyle() == "--"
+    assert "embed sent (4; ×1.00 per request reaching it)" in lines
+    assert lines["embed sent (4; ×1.00 per request reaching it)"].get_color() != sent.get_color()
+    assert "calls per second" in ax.get_ylabel()
+
+
+@pytest.mark.parametrize("chart", [outcomes_over_time, stage_calls_over_time])
+def test_series_charts_say_so_when_the_series_is_missing(chart: Chart) -> None:
+    old = {"t_s": np.arange(3.0), "in_flight": np.array([0, 1, 0])}  # an older run's series
+    for result in (_all_shed(), _series_run(old)):
+        assert not has_outcome_series(result)
+        assert not has_stage_call_series(result)
+        ax = _draw(chart, result)
+        assert any("time series" in t.get_text() for t in ax.texts)
+        assert ax.get_title()
+
+
+def test_report_has_the_new_charts_and_cost_rows(run_folder: Path, report: list[Path]) -> None:
+    del report
+    summary = read_summary(run_folder)
+    assert summary is not None
+    html_text = (run_folder / "report.html").read_text(encoding="utf-8")
+    md_text = (run_folder / "report.md").read_text(encoding="utf-8")
+    for title in ("Outcomes over time", "Calls per stage: sent vs served"):
+        assert f"<h3>{title}</h3>" in html_text
+        assert f"### {title}" in md_text
+    for name in SERIES_PNGS:
+        assert f"]({name})" in md_text
+    assert "retry amplification and server throughput" in html_text  # the caption
+    per_answer = f"${summary['cost_usd_per_answer']:.4g}"
+    per_good = f"${summary['cost_usd_per_good_answer']:.4g}"
+    for text in (html_text, md_text):
+        assert "cost per answer" in text
+        assert per_answer in text
+        assert per_good in text
+        for stage in ("embed", "retrieve", "generate"):
+            assert f"cost: {stage}" in text
+            assert f"retry amplification: {stage}" in text
+    generate_total = f"${summary['cost_usd']['by_stage']['generate']['total']:.4g}"
+    assert f'<td>cost: generate</td><td class="num">{generate_total} (' in html_text
+    assert '<td>retry amplification: generate</td><td class="num">×1</td>' in html_text
+
+
+def test_report_skips_the_new_charts_for_an_older_run(run_folder: Path, tmp_path: Path) -> None:
+    """A run folder from before the per-interval counts: no new charts, no broken images,
+    and an older summary.json without the new keys prints dashes and no per-stage rows."""
+    result = read_run(run_folder)
+    assert result.timeseries is not None
+    keep = ("t_s", "in_flight")
+    old_series = {
+        k: v for k, v in result.timeseries.items() if k in keep or k.endswith(("_queue", "_busy"))
+    }
+    old_requests = {
+        k: v for k, v in result.requests.items() if not k.endswith(("_attempts", "_cost_usd"))
+    }
+    old = RunResult(manifest=result.manifest, requests=old_requests, timeseries=old_series)
+    summary = read_summary(run_folder)
+    assert summary is not None
+    old_summary = {
+        k: v
+        for k, v in summary.items()
+        if k not in ("cost_usd_per_answer", "cost_usd_per_good_answer", "retry_amplification")
+    }
+    old_summary["cost_usd"] = {k: v for k, v in summary["cost_usd"].items() if k != "by_stage"}
+    write_run(tmp_path, old, old_summary)
+    written = write_report(tmp_path)
+    assert sorted(p.name for p in written) == sorted([*BASE_PNGS, "report.html", "report.md"])
+    assert not (tmp_path / "outcomes_over_time.png").exists()
+    text = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert text.count("data:image/png;base64,") == 5
+    assert "Outcomes over time" not in text
+    assert '<td>cost per answer</td><td class="num">—</td>' in text
+    assert "cost: generate" not in text
+    assert "retry amplification:" not in text
+    md = (tmp_path / "report.md").read_text(encoding="utf-8")
+    assert "outcomes_over_time.png" not in md
+    # and without summary.json: recomputed from the old columns, NaN where they are missing
+    (tmp_path / "summary.json").unlink()
+    write_report(tmp_path)
+    text = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert '<td>retry amplification: generate</td><td class="num">—</td>' in text
+    assert "cost per good answer" in text

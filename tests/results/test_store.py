@@ -9,8 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ragstress.config.profile import Profile
+from ragstress.config.scenario import Scenario
+from ragstress.model import simulate
 from ragstress.results import Manifest, RunResult, read_run, write_run
+from ragstress.results.schema import OUTCOMES
 from ragstress.results.store import ResultsError, write_atomic
+from ragstress.workload import build_workload
 
 
 def _result(n: int = 5) -> RunResult:
@@ -87,4 +92,78 @@ def test_columns_must_have_equal_length() -> None:
 
 def test_reading_a_folder_without_manifest_fails_clearly(tmp_path: Path) -> None:
     with pytest.raises(ResultsError, match="not a run folder"):
+        read_run(tmp_path)
+
+
+def test_counts_round_trip_as_integers(tmp_path: Path) -> None:
+    """Every count column of a simulated run — per-stage attempts, per-interval arrivals,
+    completions, calls sent and served, samples in flight, queued and busy — reads back as
+    int64 with the same values; every other column reads back bit for bit."""
+    profile = Profile.model_validate(
+        {
+            "name": "retrying",
+            "stages": [
+                {
+                    "kind": "pool",
+                    "name": "search",
+                    "concurrency": 2,
+                    "service": {"kind": "exponential", "mean": 0.05},
+                    "price": {"per_call_usd": 0.001},
+                    "client": {"timeout_s": 0.1, "retry": {"preset": "openai-python"}},
+                }
+            ],
+        }
+    )
+    scenario = Scenario.model_validate(
+        {
+            "name": "counts",
+            "duration_s": 10,
+            "seed": 2,
+            "arrivals": {"kind": "poisson", "rate": 30},
+        }
+    )
+    original = simulate(build_workload(scenario), profile)
+    assert original.timeseries is not None
+    assert int(original.requests["search_attempts"].max()) > 1  # some calls were retried
+    write_run(tmp_path, original)
+    back = read_run(tmp_path)
+    assert back.timeseries is not None
+    counts = [
+        ("requests", "search_attempts"),
+        ("series", "in_flight"),
+        ("series", "arrivals"),
+        ("series", "search_sent"),
+        ("series", "search_served"),
+        ("series", "search_queue"),
+        ("series", "search_busy"),
+        *[("series", f"completed_{name}") for name in OUTCOMES],
+    ]
+    for table, name in counts:
+        before = (original.requests if table == "requests" else original.timeseries)[name]
+        after = (back.requests if table == "requests" else back.timeseries)[name]
+        assert after.dtype == np.int64, name
+        np.testing.assert_array_equal(after, before)
+    for tables in ((original.requests, back.requests), (original.timeseries, back.timeseries)):
+        before_t, after_t = tables
+        assert set(after_t) == set(before_t)
+        for name, col in before_t.items():
+            if col.dtype.kind == "f":
+                assert after_t[name].dtype == np.float64, name
+                np.testing.assert_array_equal(after_t[name], col)
+            else:
+                assert after_t[name].tolist() == col.tolist(), name
+
+
+def test_a_count_written_as_a_float_reads_as_an_integer(tmp_path: Path) -> None:
+    write_run(tmp_path, _result())
+    path = tmp_path / "timeseries.csv"
+    path.write_text("t_s,in_flight,arrivals,embed_sent,embed_wait_s\n0.0,2.0,3,,0.5\n")
+    series = read_run(tmp_path).timeseries
+    assert series is not None
+    assert series["in_flight"].tolist() == [2]
+    assert series["arrivals"].dtype == np.int64
+    assert series["embed_sent"].tolist() == [0]  # an empty count cell is 0
+    assert series["embed_wait_s"].dtype == np.float64
+    path.write_text("t_s,in_flight\n0.0,2.5\n")
+    with pytest.raises(ResultsError, match="not an integer"):
         read_run(tmp_path)
