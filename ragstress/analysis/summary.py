@@ -5,9 +5,10 @@ Every figure is computed over the measurement window: requests that *arrived* in
 after the load stops does not look faster than it was.
 
 Cost includes the fixed (replica-hour) share of the window. Retry amplification of a stage is
-the calls it was sent per request that reached it (``<stage>_attempts`` > 0), retries
-included. Stage utilisation comes from the time series (calls, or batches, in service at each
-sample in the window over the stage's servers) where the run has one: with retries and
+the calls it was sent (``<stage>_attempts``, retries included) per first-attempt call, over the
+requests that reached it: 1.0 means no retries, whatever the stage's ``fan_out``. Stage
+utilisation comes from the time series (calls, or batches, in service at each sample in the
+window over the stage's servers) where the run has one: with retries and
 abandoned work, the service times of the requests' last calls do not measure busy time.
 Result folders written before a column existed read without it: the figures that need it are
 NaN.
@@ -99,12 +100,20 @@ def _window_attempts(result: RunResult, stage: str, in_window: np.ndarray) -> np
     return None if column is None else np.asarray(column[in_window])
 
 
-def _retry_amplification(attempts: np.ndarray | None) -> float:
-    """Calls sent per request that sent the stage at least one; NaN when none did."""
+def _retry_amplification(attempts: np.ndarray | None, fan_out: int = 1) -> float:
+    """Calls sent per first-attempt call, among requests that sent the stage at least one
+    (a stage with ``fan_out`` k makes k first attempts per request); NaN when none did."""
     if attempts is None:
         return math.nan
     reached = attempts > 0
-    return float(attempts[reached].sum()) / int(reached.sum()) if reached.any() else math.nan
+    if not reached.any():
+        return math.nan
+    return float(attempts[reached].sum()) / (int(reached.sum()) * fan_out)
+
+
+def _fan_out(stages: dict[str, AnyStage], name: str) -> int:
+    stage = stages.get(name)
+    return 1 if stage is None else stage.fan_out
 
 
 def _cost_by_stage(
@@ -169,7 +178,9 @@ def summarize(result: RunResult, slo: Slo | None = None) -> dict[str, Any]:
         "cost_usd_per_answer": total_cost / n_answered if n_answered else math.nan,
         "cost_usd_per_good_answer": total_cost / n_good if n_good else math.nan,
         "retry_amplification": {
-            stage: _retry_amplification(_window_attempts(result, stage, in_window))
+            stage: _retry_amplification(
+                _window_attempts(result, stage, in_window), _fan_out(profile_stages, stage)
+            )
             for stage in result.stages
         },
     }
@@ -207,7 +218,7 @@ def _stage_summary(
             "utilisation": math.nan,
             "mean_queue": math.nan,
             "attempts": math.nan if attempts is None else int(attempts.sum()),
-            "retry_amplification": _retry_amplification(attempts),
+            "retry_amplification": _retry_amplification(attempts, _fan_out(profile_stages, stage)),
         }
         n_servers = servers.get(stage)
         busy = _window_samples(series, f"{stage}_busy", warm, result.manifest.duration_s)

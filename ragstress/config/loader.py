@@ -15,6 +15,7 @@ from typing import Any, TypeVar, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from ragstress.config.base import LocatedValueError
 from ragstress.config.profile import Profile
 from ragstress.config.scenario import Scenario
 
@@ -257,7 +258,12 @@ def _format_errors(
     exc: ValidationError, model: type[BaseModel], data: Any, lines: dict[Path_, int], source: str
 ) -> list[str]:
     problems: list[str] = []
-    for error in exc.errors():
+    for raw in exc.errors():
+        error: Any = raw
+        cause = (raw.get("ctx") or {}).get("error")
+        if isinstance(cause, LocatedValueError):
+            # a cross-reference check knows which key is wrong: point at that key's line
+            error = {**raw, "loc": (*raw["loc"], *cause.loc)}
         tp: Any = model
         path: list[str | int] = []
         line = lines.get((), 1)

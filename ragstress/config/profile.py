@@ -20,7 +20,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from ragstress.config.base import StrictModel
+from ragstress.config.base import LocatedValueError, StrictModel
 from ragstress.config.distributions import Distribution, NonNegative, Positive
 from ragstress.config.policy import ClientPolicy, StageFallback
 
@@ -329,25 +329,36 @@ class Profile(StrictModel):
     def _references(self) -> Profile:
         """Fallback and cache references name real stages, and form no cycle."""
         by_name = {s.name: s for s in self.stages}
+        index = {s.name: k for k, s in enumerate(self.stages)}
         names = ", ".join(by_name)
         path = [s.name for s in self.stages if not s.fallback_only]
         if not path:
             raise ValueError("every stage is fallback_only: the main path is empty")
+
+        def at(stage: str, *keys: str | int) -> tuple[str | int, ...]:
+            # the location as pydantic writes it: the union's tag follows the list index
+            return ("stages", index[stage], by_name[stage].kind, *keys)
+
+        # "stage" twice: the fallback union's tag, then the key
+        fallback_key = ("client", "fallback", "stage", "stage")
         used_as_fallback: set[str] = set()
         for s in self.stages:
             fb = s.client.fallback
             if isinstance(fb, StageFallback):
                 if fb.stage not in by_name:
-                    raise ValueError(
-                        f"stage {s.name!r}: client.fallback.stage {fb.stage!r} is not a stage "
-                        f"(allowed: {names})"
+                    raise LocatedValueError(
+                        at(s.name, *fallback_key),
+                        f"{fb.stage!r} is not a stage (allowed: {names})",
                     )
                 if fb.stage == s.name:
-                    raise ValueError(f"stage {s.name!r}: client.fallback.stage names itself")
+                    raise LocatedValueError(
+                        at(s.name, *fallback_key), "a stage cannot be its own fallback"
+                    )
                 if not by_name[fb.stage].fallback_only:
-                    raise ValueError(
-                        f"stage {s.name!r}: client.fallback.stage {fb.stage!r} must be marked "
-                        "fallback_only: true (a stage on the main path cannot also stand in)"
+                    raise LocatedValueError(
+                        at(s.name, *fallback_key),
+                        f"{fb.stage!r} must be marked fallback_only: true (a stage on the main "
+                        "path cannot also stand in for another)",
                     )
                 used_as_fallback.add(fb.stage)
         for s in self.stages:
@@ -357,23 +368,29 @@ class Profile(StrictModel):
             while isinstance(cur.client.fallback, StageFallback):
                 nxt = cur.client.fallback.stage
                 if nxt in chain:
-                    raise ValueError(f"fallback cycle: {' → '.join([*chain, nxt])}")
+                    raise LocatedValueError(
+                        at(cur.name, *fallback_key),
+                        f"fallback cycle: {' → '.join([*chain, nxt])}",
+                    )
                 chain.append(nxt)
                 cur = by_name[nxt]
             if s.fallback_only and s.name not in used_as_fallback:
-                raise ValueError(
-                    f"stage {s.name!r} is fallback_only but no stage names it as "
-                    "client.fallback.stage"
+                raise LocatedValueError(
+                    at(s.name, "fallback_only"),
+                    "no stage names this stage as its client.fallback.stage",
                 )
             if isinstance(s, CacheStage):
                 if s.fallback_only:
-                    raise ValueError(f"stage {s.name!r}: a cache cannot be fallback_only")
-                at = path.index(s.name)
-                expected = path[at + 1 : at + 1 + len(s.skips)]
+                    raise LocatedValueError(
+                        at(s.name, "fallback_only"), "a cache cannot be fallback_only"
+                    )
+                start = path.index(s.name)
+                expected = path[start + 1 : start + 1 + len(s.skips)]
                 if list(s.skips) != expected:
-                    raise ValueError(
-                        f"stage {s.name!r}: skips must list the stages right after it, in "
-                        f"order (allowed: {', '.join(path[at + 1 :]) or 'none'})"
+                    raise LocatedValueError(
+                        at(s.name, "skips"),
+                        "must list the stages right after the cache, in order "
+                        f"(allowed: {', '.join(path[start + 1 :]) or 'none'})",
                     )
         return self
 

@@ -710,6 +710,167 @@ PROFILE_CASES = [
         "(top level)",
         "not UTF-8 text",
     ),
+    # --- stage kinds of issue 3 and references between stages ------------------------------
+    Case(
+        "fallback-to-unknown-stage",
+        "profile",
+        doc("""\
+            name: demo
+            stages:
+              - kind: pool
+                name: rerank
+                service: {kind: exponential, mean: 0.01}
+                client:
+                  fallback: {kind: stage, stage: nowhere}
+            """),
+        7,
+        "stages[0].client.fallback.stage",
+        "'nowhere' is not a stage (allowed: rerank)",
+    ),
+    Case(
+        "fallback-to-a-main-path-stage",
+        "profile",
+        doc("""\
+            name: demo
+            stages:
+              - kind: pool
+                name: embed
+                service: {kind: exponential, mean: 0.01}
+              - kind: pool
+                name: rerank
+                service: {kind: exponential, mean: 0.01}
+                client: {fallback: {kind: stage, stage: embed}}
+            """),
+        9,
+        "stages[1].client.fallback.stage",
+        "'embed' must be marked fallback_only: true",
+    ),
+    Case(
+        "fallback-only-but-unused",
+        "profile",
+        doc("""\
+            name: demo
+            stages:
+              - kind: pool
+                name: embed
+                service: {kind: exponential, mean: 0.01}
+              - kind: pool
+                name: spare
+                fallback_only: true
+                service: {kind: exponential, mean: 0.01}
+            """),
+        8,
+        "stages[1].fallback_only",
+        "no stage names this stage as its client.fallback.stage",
+    ),
+    Case(
+        "cache-skips-a-stage-not-next",
+        "profile",
+        doc("""\
+            name: demo
+            stages:
+              - kind: cache
+                name: answers
+                lookup: {kind: deterministic, value: 0.001}
+                hits: {kind: probability, p: 0.2}
+                skips: [generate]
+              - kind: pool
+                name: embed
+                service: {kind: exponential, mean: 0.01}
+              - kind: pool
+                name: generate
+                service: {kind: exponential, mean: 0.01}
+            """),
+        7,
+        "stages[0].skips",
+        "must list the stages right after the cache, in order (allowed: embed, generate)",
+    ),
+    Case(
+        "cache-fan-out",
+        "profile",
+        doc("""\
+            name: demo
+            stages:
+              - kind: cache
+                name: answers
+                fan_out: 2
+                lookup: {kind: deterministic, value: 0.001}
+                hits: {kind: key, ttl_s: 60}
+                skips: [embed]
+              - kind: pool
+                name: embed
+                service: {kind: exponential, mean: 0.01}
+            """),
+        5,
+        "stages[0].fan_out",
+        "a cache makes one lookup per request (allowed: 1)",
+    ),
+    Case(
+        "rate-limit-without-limits",
+        "profile",
+        doc("""\
+            name: demo
+            stages:
+              - kind: llm_api
+                name: generate
+                concurrency: 8
+                ttft: {kind: deterministic, value: 0.3}
+                time_per_output_token_s: 0.01
+                rate_limit: {rpm_burst: 10}
+            """),
+        8,
+        "stages[0].rate_limit",
+        "give rpm, tpm or both",
+    ),
+    Case(
+        "overload-status-not-a-shedding-status",
+        "profile",
+        doc("""\
+            name: demo
+            stages:
+              - kind: llm_api
+                name: generate
+                concurrency: 8
+                ttft: {kind: deterministic, value: 0.3}
+                time_per_output_token_s: 0.01
+                overload_status: 500
+            """),
+        8,
+        "stages[0].overload_status",
+        "got 500 (allowed: 503 or 529)",
+    ),
+    Case(
+        "engine-without-step",
+        "profile",
+        doc("""\
+            name: demo
+            stages:
+              - kind: llm_engine
+                name: generate
+                max_num_seqs: 64
+                kv_cache_tokens: 100000
+                max_batched_tokens: 512
+            """),
+        3,
+        "stages[0].step",
+        "required key is missing",
+    ),
+    Case(
+        "batcher-unknown-key",
+        "profile",
+        doc("""\
+            name: demo
+            stages:
+              - kind: batcher
+                name: embed
+                max_batch_size: 32
+                max_wait_s: 0.005
+                batch_time: {base_s: 0.01, per_tokn_s: 0.0001}
+            """),
+        7,
+        "stages[0].batch_time.per_tokn_s",
+        "unknown key (allowed: base_s, per_token_s)",
+    ),
 ]
 
 SCENARIO_CASES = [

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from ragstress.analysis import summarize
 from ragstress.config import Profile, Scenario
 from ragstress.config.policy import retry_preset
 from ragstress.model import Event, simulate
@@ -281,6 +282,8 @@ def test_fan_out_waits_for_every_sub_call() -> None:
     np.testing.assert_allclose(req["latency_s"], [0.3, 0.3])
     assert list(req["retrieve_attempts"]) == [3, 3]
     assert list(req["cost_usd"]) == [1.5, 1.5]
+    # three calls per request are the fan-out, not retries
+    assert summarize(result)["retry_amplification"]["retrieve"] == 1.0
 
 
 def test_a_failed_sub_call_fails_the_stage_at_once() -> None:

@@ -283,3 +283,35 @@ def test_cost_of_a_small_run_matches_the_hand_computation_to_the_cent() -> None:
     assert summary["answered"] == 3300
     assert summary["cost_usd_per_1k_answers"] == pytest.approx(1000 * 1.98335 / 3300)
     assert math.isclose(result.requests["generate_cost_usd"].sum(), 0.22335, abs_tol=1e-12)
+
+
+# ---------------------------------------------------------------------- time series
+
+
+def test_sliding_p95_equals_a_percentile_per_window() -> None:
+    from ragstress.model.engine import SLIDING_WINDOW_S, _sliding_p95
+
+    rng = np.random.default_rng(11)
+    done = np.sort(rng.uniform(0, 200, 3000))
+    latency = rng.exponential(1.0, 3000)
+    ends = np.arange(1.0, 231.0)
+    got = _sliding_p95(done.tolist(), latency.tolist(), ends.tolist())
+    for k, end in enumerate(ends):
+        inside = latency[(done > end - SLIDING_WINDOW_S) & (done <= end)]
+        if inside.size:
+            assert got[k] == pytest.approx(np.percentile(inside, 95), rel=1e-12)
+        else:
+            assert math.isnan(got[k])
+
+
+def test_per_interval_counts_add_up_to_the_requests() -> None:
+    llm = {**LLM, "concurrency": 2, "client": {"timeout_s": 3, "retry": "openai-python"}}
+    result = _simulate(_scenario(60, 2.0, arrivals={"kind": "poisson", "rate": 2.0}), [llm])
+    ts = result.timeseries
+    assert ts is not None
+    assert ts["arrivals"].sum() == len(result)
+    completed = sum(int(ts[f"completed_{o}"].sum()) for o in ("ok", "timeout", "error_5xx"))
+    assert completed == len(result)
+    assert ts["generate_sent"].sum() == result.requests["generate_attempts"].sum()
+    # every call sent was eventually served (abandoned ones too): nothing is lost
+    assert ts["generate_served"].sum() == ts["generate_sent"].sum()
