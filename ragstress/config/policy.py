@@ -385,8 +385,10 @@ Fallback = Annotated[FailFallback | SkipFallback | StageFallback, Field(discrimi
 class ClientPolicy(StrictModel):
     """The caller's policy towards one stage.
 
-    ``timeout_s`` applies to each attempt (``None``: wait as long as it takes); when it fires
-    the caller sees ``timeout`` while the server goes on with the abandoned work. ``retry``
+    ``timeout_s`` applies to each attempt, from sending it to the last byte of the answer
+    (for a stream: the last token), exclusive — an answer at the very instant is too late
+    (``None``: wait as long as it takes); when it fires the caller sees ``timeout`` while the
+    server goes on with the abandoned work. ``retry``
     defaults to ``no-retry``; ``breaker`` to none. The ``fallback`` runs when the last
     attempt has failed or the breaker refused the call. ``fallback`` may be written as a bare
     name when it has no parameters (``fallback: skip``).
