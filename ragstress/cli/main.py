@@ -115,6 +115,93 @@ def simulate(scenario: Path, profile: Path, out: Path, seed: int | None, quiet: 
 
 
 @main.command()
+@click.argument("scenario", type=click.Path(path_type=Path))
+@click.option(
+    "--profile",
+    "-p",
+    "profile",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Deployment profile YAML.",
+)
+@click.option(
+    "--rates",
+    required=True,
+    help="Offered rates in req/s: START:STOP:STEP (stop included) or a list, e.g. 10,20,50.",
+)
+@click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="KEY=V1,V2",
+    help="Sweep a profile key (stages.<stage>.<field>) or scenario key (scenario.<field>) "
+    "over values; repeat for a cartesian product.",
+)
+@click.option(
+    "--replications",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Runs per point; replication r uses seed + r.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Worker processes (default: every CPU; 1 runs serially).",
+)
+@click.option(
+    "--seed", type=click.IntRange(min=0), default=None, help="Base seed (default: the scenario's)."
+)
+@click.option(
+    "--out",
+    "-o",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Folder to write sweep.csv and sweep.json into.",
+)
+@click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
+def sweep(
+    *,
+    scenario: Path,
+    profile: Path,
+    rates: str,
+    sets: tuple[str, ...],
+    replications: int,
+    workers: int | None,
+    seed: int | None,
+    out: Path,
+    quiet: bool,
+) -> None:
+    """Simulate SCENARIO at every offered rate and configuration; write one row per run."""
+    from ragstress.api import load_pair
+    from ragstress.capacity import parse_rates, parse_set, plan_points, run_sweep, write_sweep
+
+    try:
+        rate_list = parse_rates(rates)
+        overrides = [parse_set(text) for text in sets]
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    with _user_errors():
+        sc, prof = load_pair(scenario, profile)
+        points = plan_points(sc, prof, rate_list, overrides, replications=replications, seed=seed)
+        with _progress(f"sweeping {len(points)} runs", not quiet) as progress:
+            rows = run_sweep(points, sc, prof, workers=workers, progress=progress)
+        write_sweep(
+            out,
+            rows,
+            scenario=sc,
+            profile=prof,
+            rates=rate_list,
+            overrides=overrides,
+            replications=replications,
+            seed=seed,
+        )
+    if not quiet:
+        click.echo(f"wrote {out}/sweep.csv ({len(rows)} runs) and {out}/sweep.json")
+
+
+@main.command()
 @click.argument("folder", type=click.Path(path_type=Path))
 def report(folder: Path) -> None:
     """Write charts and report.html for the run in FOLDER."""
