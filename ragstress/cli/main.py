@@ -76,6 +76,17 @@ def _progress(label: str, enabled: bool) -> Iterator[Callable[[float], None] | N
             bar.__exit__(None, None, None)
 
 
+# the same flag on every command that takes a deployment
+_PROFILE_OPTION = click.option(
+    "--profile",
+    "-p",
+    "profile",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Deployment profile YAML.",
+)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="ragstress")
 def main() -> None:
@@ -84,14 +95,7 @@ def main() -> None:
 
 @main.command()
 @click.argument("scenario", type=click.Path(path_type=Path))
-@click.option(
-    "--profile",
-    "-p",
-    "profile",
-    type=click.Path(path_type=Path),
-    required=True,
-    help="Deployment profile YAML.",
-)
+@_PROFILE_OPTION
 @click.option(
     "--out",
     "-o",
@@ -116,14 +120,7 @@ def simulate(scenario: Path, profile: Path, out: Path, seed: int | None, quiet: 
 
 @main.command()
 @click.argument("scenario", type=click.Path(path_type=Path))
-@click.option(
-    "--profile",
-    "-p",
-    "profile",
-    type=click.Path(path_type=Path),
-    required=True,
-    help="Deployment profile YAML.",
-)
+@_PROFILE_OPTION
 @click.option(
     "--rates",
     required=True,
