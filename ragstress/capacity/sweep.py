@@ -15,8 +15,6 @@ same rows serially and in parallel, whatever order the workers finish in.
 
 from __future__ import annotations
 
-import csv
-import io
 import itertools
 import json
 import math
@@ -30,7 +28,7 @@ from typing import Any
 from ragstress.api import simulate_scenario
 from ragstress.capacity.overrides import Override, apply_overrides, with_rate
 from ragstress.config import ConfigError, Profile, Scenario
-from ragstress.results.store import write_atomic
+from ragstress.results.store import csv_bytes, json_bytes, write_atomic
 
 __all__ = [
     "COLUMNS",
@@ -228,26 +226,8 @@ def run_sweep(
     return [r for r in rows if r is not None]
 
 
-def _cell(value: Any) -> Any:
-    if isinstance(value, float) and math.isnan(value):
-        return ""  # NaN: the figure does not apply (no answered request); as in requests.csv
-    if isinstance(value, dict | list):
-        return json.dumps(value, sort_keys=True)
-    return value
-
-
 def _columns(override_keys: Sequence[str]) -> list[str]:
     return ["config", *override_keys, *COLUMNS[1:]]
-
-
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, Mapping):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
-    return obj
 
 
 def write_sweep(
@@ -265,10 +245,6 @@ def write_sweep(
     (everything needed to run the sweep again), each atomically. Returns the folder."""
     out = Path(folder)
     columns = _columns([o.key for o in overrides])
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(columns)
-    writer.writerows([_cell(row.get(c, math.nan)) for c in columns] for row in rows)
     inputs = {
         "scenario": scenario.model_dump(mode="json"),
         "profile": profile.model_dump(mode="json"),
@@ -280,7 +256,7 @@ def write_sweep(
         "points": len(rows),
         "columns": columns,
     }
-    write_atomic(out / SWEEP_CSV, buf.getvalue().encode())
-    text = json.dumps(_json_safe(inputs), indent=2, allow_nan=False) + "\n"
-    write_atomic(out / SWEEP_JSON, text.encode())
+    table = ([row.get(c, math.nan) for c in columns] for row in rows)
+    write_atomic(out / SWEEP_CSV, csv_bytes(columns, table))
+    write_atomic(out / SWEEP_JSON, json_bytes(inputs))
     return out

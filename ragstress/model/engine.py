@@ -57,7 +57,7 @@ from ragstress.model.calls import CallTable, Station
 from ragstress.model.llm_engine import LlmEngineStation
 from ragstress.model.policies import CircuitBreaker, ClientRuntime
 from ragstress.model.ratelimit import ProviderLimits
-from ragstress.model.service import call_cost, first_attempts, redraw
+from ragstress.model.service import first_attempts, redraw
 from ragstress.model.stations import FifoStation
 from ragstress.results.schema import OUTCOMES, Manifest, RunResult, stage_columns
 from ragstress.seeding import stream
@@ -169,7 +169,7 @@ class _Stage:
         "units",
     )
 
-    def __init__(self, index: int, cfg: AnyStage, table: CallTable, n: int) -> None:
+    def __init__(self, index: int, cfg: AnyStage, table: CallTable, n: int, seed: int) -> None:
         self.index = index
         self.cfg = cfg
         self.name = cfg.name
@@ -196,10 +196,13 @@ class _Stage:
         self.cache_missed: list[bool] = []
         self.cache_hit_u: list[float] = []
         self.lookup_s: list[float] = []
-        # placeholders, set by the run once it knows the seed
-        self.fault_rng: np.random.Generator = np.random.default_rng(0)
-        self.retry_rng: np.random.Generator = self.fault_rng
-        self.redraw_rng: np.random.Generator = self.fault_rng
+        self.fault_rng = stream(seed, "faults", cfg.name)
+        self.retry_rng = stream(seed, "stage", cfg.name, "backoff")
+        self.redraw_rng = stream(seed, "stage", cfg.name, "retry")
+
+    def cost(self, tokens_in: int, tokens_out: int) -> float:
+        """What one served call costs: per call plus its input and output tokens."""
+        return self.p_call + tokens_in * self.p_in + tokens_out * self.p_out
 
 
 class _Run:
@@ -239,10 +242,7 @@ class _Run:
         self.stages: list[_Stage] = []
         by_name: dict[str, _Stage] = {}
         for k, cfg in enumerate(profile.stages):
-            st = _Stage(k, cfg, first_attempts(cfg, workload), n)
-            st.fault_rng = stream(seed, "faults", cfg.name)
-            st.retry_rng = stream(seed, "stage", cfg.name, "backoff")
-            st.redraw_rng = stream(seed, "stage", cfg.name, "retry")
+            st = _Stage(k, cfg, first_attempts(cfg, workload), n, seed)
             st.faulty = bool(plan.faults) and any(
                 f.stage == cfg.name for f in plan.faults if f.kind not in _STATE_KINDS
             )
@@ -394,7 +394,7 @@ class _Run:
         c = i * st.fan_out
         table = st.table
         table.sent_at[c] = self.env.now
-        table.cost_usd[c] = call_cost(st.cfg, 0, 0)
+        table.cost_usd[c] = st.cost(0, 0)
         st.last_call[i] = c
         self.env.timeout(st.lookup_s[i], (st, i)).callbacks.append(self._lookup_done)
 
@@ -551,9 +551,7 @@ class _Run:
             self._note("served", st, c)
         if not st.effects or c not in st.effects:
             # the common case, kept short: bill, and the caller has its answer
-            table.cost_usd[c] = (
-                st.p_call + table.tokens_in[c] * st.p_in + table.tokens_out[c] * st.p_out
-            )
+            table.cost_usd[c] = st.cost(table.tokens_in[c], table.tokens_out[c])
             if table.outcome[c] is None:
                 self._resolve(st, c, "ok", None)
             return
@@ -562,7 +560,7 @@ class _Run:
             # served, then answered with an error: the work is not billed
             self._resolve(st, c, _status_key(effect.status), effect.retry_after_s)
             return
-        table.cost_usd[c] = call_cost(st.cfg, table.tokens_in[c], table.tokens_out[c])
+        table.cost_usd[c] = st.cost(table.tokens_in[c], table.tokens_out[c])
         outcome = "error_stream" if effect.truncate_after_tokens is not None else "ok"
         if isinstance(st.cfg, BatcherStage | LlmEngineStage):
             # a shared server cannot run one call slower: the proxy holds the answer back
@@ -687,7 +685,7 @@ class _Run:
         if n:
             env.timeout(self.arrivals[0], 0).callbacks.append(self._arrive)
 
-        stations = [st for st in self.stages if st.station is not None]
+        stations: list[Station] = [st.station for st in self.stages if st.station is not None]
         sample_t: list[float] = []
         sample_in_flight: list[int] = []
         sample_queue: list[list[int]] = [[] for _ in stations]
@@ -699,10 +697,9 @@ class _Run:
         def sample(event: Any) -> None:
             sample_t.append(env.now)
             sample_in_flight.append(self.in_flight)
-            for k, st in enumerate(stations):
-                assert st.station is not None
-                sample_queue[k].append(st.station.queued())
-                sample_busy[k].append(st.station.busy())
+            for k, station in enumerate(stations):
+                sample_queue[k].append(station.queued())
+                sample_busy[k].append(station.busy())
             if progress is not None:
                 progress(min(env.now / duration, 1.0))
             # keep sampling while work remains: arrivals to come, requests in flight, or
@@ -710,7 +707,7 @@ class _Run:
             if (
                 env.now < duration
                 or self.in_flight > 0
-                or any(st.station.busy() or st.station.queued() for st in stations)  # type: ignore[union-attr]
+                or any(station.busy() or station.queued() for station in stations)
             ):
                 env.timeout(dt).callbacks.append(sample)
 
@@ -724,9 +721,9 @@ class _Run:
             "t_s": t_s,
             "in_flight": np.asarray(sample_in_flight, dtype=np.int64),
         }
-        for k, st in enumerate(stations):
-            series[f"{st.name}_queue"] = np.asarray(sample_queue[k], dtype=np.int64)
-            series[f"{st.name}_busy"] = np.asarray(sample_busy[k], dtype=np.int64)
+        for k, station in enumerate(stations):
+            series[f"{station.name}_queue"] = np.asarray(sample_queue[k], dtype=np.int64)
+            series[f"{station.name}_busy"] = np.asarray(sample_busy[k], dtype=np.int64)
         columns = self._columns()
         series.update(self._rates(t_s, columns))
         return RunResult(manifest=self._manifest(horizon), requests=columns, timeseries=series)

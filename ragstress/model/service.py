@@ -24,7 +24,7 @@ from ragstress.model.calls import CallTable
 from ragstress.seeding import stream
 from ragstress.workload import Workload
 
-__all__ = ["call_cost", "first_attempts", "redraw", "tokens_of"]
+__all__ = ["first_attempts", "redraw", "tokens_of"]
 
 
 def tokens_of(source: TokenSource, workload: Workload, system_prompt_tokens: int = 0) -> np.ndarray:
@@ -91,13 +91,3 @@ def redraw(
     else:
         assert isinstance(stage, BatcherStage | LlmEngineStage | CacheStage)
     return table.append(table.req[like], attempt, tin, tout, service, first_token)
-
-
-def call_cost(stage: AnyStage, tokens_in: int, tokens_out: int) -> float:
-    """What one served call costs: per call plus its input and output tokens."""
-    p = stage.price
-    return (
-        p.per_call_usd
-        + tokens_in * (p.per_1m_input_tokens_usd / 1e6)
-        + tokens_out * (p.per_1m_output_tokens_usd / 1e6)
-    )

@@ -12,7 +12,7 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,15 @@ import numpy as np
 
 from ragstress.results.schema import OUTCOMES, Manifest, RunResult
 
-__all__ = ["ResultsError", "read_run", "read_summary", "write_atomic", "write_run"]
+__all__ = [
+    "ResultsError",
+    "csv_bytes",
+    "json_bytes",
+    "read_run",
+    "read_summary",
+    "write_atomic",
+    "write_run",
+]
 
 MANIFEST = "manifest.json"
 REQUESTS = "requests.csv"
@@ -58,24 +66,35 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 
 def _cell(value: Any) -> Any:
-    # floats keep full precision (repr round-trips); NaN means "did not apply" → empty cell
+    # floats keep full precision (repr round-trips); NaN means "did not apply" → empty cell;
+    # a mapping or list (a sweep's override value) is written as JSON
     if isinstance(value, float) and math.isnan(value):
         return ""
+    if isinstance(value, dict | list):
+        return json.dumps(value, sort_keys=True)
     return value
 
 
-def _csv_bytes(columns: Mapping[str, np.ndarray]) -> bytes:
+def csv_bytes(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> bytes:
+    """CSV text of ``header`` and ``rows``: NaN as an empty cell, floats at full precision."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    names = list(columns)
-    writer.writerow(names)
-    lists = [columns[c].tolist() for c in names]
-    writer.writerows([_cell(v) for v in row] for row in zip(*lists, strict=True))
+    writer.writerow(header)
+    writer.writerows([_cell(v) for v in row] for row in rows)
     return buf.getvalue().encode()
 
 
-def _json_bytes(obj: Any) -> bytes:
-    return (json.dumps(obj, indent=2, allow_nan=False, default=_json_default) + "\n").encode()
+def _csv_bytes(columns: Mapping[str, np.ndarray]) -> bytes:
+    names = list(columns)
+    lists = [columns[c].tolist() for c in names]
+    return csv_bytes(names, zip(*lists, strict=True))
+
+
+def json_bytes(obj: Any) -> bytes:
+    """Indented JSON of ``obj``; a non-finite float becomes null (JSON has no NaN)."""
+    return (
+        json.dumps(_nan_to_none(obj), indent=2, allow_nan=False, default=_json_default) + "\n"
+    ).encode()
 
 
 def _json_default(obj: Any) -> Any:
@@ -111,8 +130,8 @@ def write_run(
     if result.timeseries is not None:
         write_atomic(out / TIMESERIES, _csv_bytes(result.timeseries))
     if summary is not None:
-        write_atomic(out / SUMMARY, _json_bytes(_nan_to_none(summary)))
-    write_atomic(out / MANIFEST, _json_bytes(result.manifest.model_dump(mode="json")))
+        write_atomic(out / SUMMARY, json_bytes(summary))
+    write_atomic(out / MANIFEST, json_bytes(result.manifest.model_dump(mode="json")))
     return out
 
 
