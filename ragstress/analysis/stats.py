@@ -85,21 +85,21 @@ def quantile_ci(samples: np.ndarray, q: float, level: float = 0.95) -> Estimate:
 
 
 def describe(samples: np.ndarray) -> dict[str, object]:
-    """Mean and the standard percentiles, with 95 % intervals for p95 and p99."""
+    """Mean and the standard percentiles, with 95 % intervals for p50, p95 and p99."""
     x = np.asarray(samples, dtype=float)
     x = x[~np.isnan(x)]
     out: dict[str, object] = {"count": int(x.size)}
     if x.size == 0:
         out.update({"mean": math.nan, **dict.fromkeys(PERCENTILES, math.nan)})
-        out["ci95"] = {"p95": [math.nan, math.nan], "p99": [math.nan, math.nan]}
-        out["ci_method"] = {"p95": "none", "p99": "none"}
+        out["ci95"] = {name: [math.nan, math.nan] for name in ("p50", "p95", "p99")}
+        out["ci_method"] = dict.fromkeys(("p50", "p95", "p99"), "none")
         return out
     out["mean"] = float(x.mean())
     values = np.percentile(x, list(PERCENTILES.values()))
     out.update({k: float(v) for k, v in zip(PERCENTILES, values, strict=True)})
     ci: dict[str, list[float]] = {}
     methods: dict[str, str] = {}
-    for name, q in (("p95", 0.95), ("p99", 0.99)):
+    for name, q in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99)):
         est = quantile_ci(x, q)
         ci[name] = [est.low, est.high]
         methods[name] = est.method

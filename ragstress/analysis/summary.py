@@ -27,7 +27,11 @@ from ragstress.config.profile import AnyStage, Profile
 from ragstress.config.scenario import Slo
 from ragstress.results.schema import OUTCOMES, RunResult, stage_columns
 
-__all__ = ["good_mask", "slo_report", "summarize", "window_mask"]
+__all__ = ["SLO_RATIO_CAP", "good_mask", "slo_ratio", "slo_report", "summarize", "window_mask"]
+
+# A run so far past its SLO that the ratio says nothing more (or one with no answers at all):
+# capped, so means over replications and bisection on the ratio stay finite.
+SLO_RATIO_CAP = 100.0
 
 
 def window_mask(result: RunResult, warmup_s: float | None = None) -> np.ndarray:
@@ -81,6 +85,25 @@ def slo_report(summary: dict[str, Any], slo: Slo) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def slo_ratio(rows: list[dict[str, Any]]) -> float:
+    """The SLO as one number: the worst objective's measured value over its target (≤ 1:
+    every objective met), capped at :data:`SLO_RATIO_CAP`; NaN when there is no objective.
+    A missing value (no answers) or any error against a zero target counts as the cap."""
+    if not rows:
+        return math.nan
+    worst = 0.0
+    for row in rows:
+        value, target = float(row["value"]), float(row["target"])
+        if math.isnan(value):
+            ratio = SLO_RATIO_CAP
+        elif target > 0:
+            ratio = value / target
+        else:
+            ratio = 0.0 if value <= 0 else SLO_RATIO_CAP
+        worst = max(worst, min(ratio, SLO_RATIO_CAP))
+    return worst
 
 
 def _profile_stages(result: RunResult) -> dict[str, AnyStage]:
@@ -186,6 +209,7 @@ def summarize(result: RunResult, slo: Slo | None = None) -> dict[str, Any]:
     }
     summary["slo"] = slo_report(summary, slo)
     summary["slo_met"] = all(row["met"] for row in summary["slo"])
+    summary["slo_ratio"] = slo_ratio(summary["slo"])
     summary["stages"] = _stage_summary(result, in_window, profile_stages)
     return summary
 

@@ -20,7 +20,7 @@ import json
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_EXCEPTION, Executor, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,9 +32,12 @@ from ragstress.results.store import csv_bytes, json_bytes, write_atomic
 
 __all__ = [
     "COLUMNS",
+    "STAGE_FIGURES",
     "SWEEP_CSV",
     "SWEEP_JSON",
+    "PointRunner",
     "SweepPoint",
+    "columns",
     "config_label",
     "plan_points",
     "run_point",
@@ -57,6 +60,8 @@ COLUMNS: tuple[str, ...] = (
     "goodput_rps",
     "error_rate",
     "latency_p50_s",
+    "latency_p50_ci_low_s",
+    "latency_p50_ci_high_s",
     "latency_p95_s",
     "latency_p95_ci_low_s",
     "latency_p95_ci_high_s",
@@ -65,8 +70,15 @@ COLUMNS: tuple[str, ...] = (
     "latency_p99_ci_high_s",
     "ttft_p95_s",
     "cost_usd_per_1k_answers",
+    "cost_usd_per_hour",
+    "slo_ratio",
     "slo_met",
 )
+
+# Per-stage columns, ``<stage>_<figure>``, after COLUMNS in the stages' profile order: the mean
+# queue wait and service time of the window's requests' calls (where the time goes), the
+# stage's utilisation and mean queue length (which stage saturates first).
+STAGE_FIGURES: tuple[str, ...] = ("wait_mean_s", "service_mean_s", "utilisation", "mean_queue")
 
 ProgressFn = Callable[[float], None]
 
@@ -144,6 +156,9 @@ def run_point(point: SweepPoint, scenario: Scenario, profile: Profile) -> dict[s
     sc = with_rate(sc, point.rate_rps)
     summary = simulate_scenario(sc, prof, seed=point.seed).summary
     lat, ttft = summary["latency_s"], summary["ttft_s"]
+    start, end = summary["window_s"]
+    span = max(float(end) - float(start), 1e-12)
+    p50_low, p50_high = _ci(lat, "p50")
     p95_low, p95_high = _ci(lat, "p95")
     p99_low, p99_high = _ci(lat, "p99")
     figures: dict[str, Any] = {
@@ -156,6 +171,8 @@ def run_point(point: SweepPoint, scenario: Scenario, profile: Profile) -> dict[s
         "goodput_rps": float(summary["goodput_rps"]),
         "error_rate": float(summary["error_rate"]),
         "latency_p50_s": float(lat["p50"]),
+        "latency_p50_ci_low_s": p50_low,
+        "latency_p50_ci_high_s": p50_high,
         "latency_p95_s": float(lat["p95"]),
         "latency_p95_ci_low_s": p95_low,
         "latency_p95_ci_high_s": p95_high,
@@ -164,8 +181,15 @@ def run_point(point: SweepPoint, scenario: Scenario, profile: Profile) -> dict[s
         "latency_p99_ci_high_s": p99_high,
         "ttft_p95_s": float(ttft["p95"]),
         "cost_usd_per_1k_answers": float(summary["cost_usd_per_1k_answers"]),
+        "cost_usd_per_hour": 3600 * float(summary["cost_usd"]["total"]) / span,
+        "slo_ratio": float(summary["slo_ratio"]),
         "slo_met": bool(summary["slo_met"]),
     }
+    for stage, entry in summary["stages"].items():
+        figures[f"{stage}_wait_mean_s"] = float(entry["wait_s"]["mean"])
+        figures[f"{stage}_service_mean_s"] = float(entry["service_s"]["mean"])
+        figures[f"{stage}_utilisation"] = float(entry["utilisation"])
+        figures[f"{stage}_mean_queue"] = float(entry["mean_queue"])
     return {"config": point.config, **point.overrides, **figures}
 
 
@@ -178,37 +202,75 @@ def _run_in_worker(point: SweepPoint, scenario: Scenario, profile: Profile) -> t
         return False, exc.problems
 
 
-def run_sweep(
-    points: Sequence[SweepPoint],
-    scenario: Scenario,
-    profile: Profile,
-    *,
-    workers: int | None = None,
-    progress: ProgressFn | None = None,
-) -> list[dict[str, Any]]:
-    """Run every point; rows come back in point order whatever order they finish in.
+class PointRunner:
+    """Runs batches of points and returns their rows in point order, whatever order they
+    finish in: here, one after another (``workers=1``: easy to debug and profile), in a pool of
+    local processes (the default: one per CPU), or on any ``concurrent.futures.Executor`` it
+    is given, such as a Dask cluster's (it does not shut down an executor it did not create).
 
-    ``workers`` > 1 runs points in that many processes (default: every CPU); 1 runs them here,
-    one after another (easier to debug and profile). ``progress`` gets the fraction done."""
-    if workers is None:
-        workers = os.cpu_count() or 1
-    if workers < 1:
-        raise ConfigError([f"--workers: got {workers} (allowed: 1 or more)"])
-    total = len(points)
-    rows: list[dict[str, Any] | None] = [None] * total
-    if workers == 1 or total <= 1:
-        for i, point in enumerate(points):
-            rows[i] = run_point(point, scenario, profile)
-            if progress is not None:
-                progress((i + 1) / total)
-        return [r for r in rows if r is not None]
-    done = 0
-    with ProcessPoolExecutor(max_workers=min(workers, total)) as pool:
+    Sweeps run one batch; the capacity search and the planner run many small ones (a probe's
+    replications), so the pool is created once, on first use, and reused until :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        profile: Profile,
+        *,
+        workers: int | None = None,
+        executor: Executor | None = None,
+    ) -> None:
+        if workers is None:
+            workers = os.cpu_count() or 1
+        if workers < 1:
+            raise ConfigError([f"--workers: got {workers} (allowed: 1 or more)"])
+        self.scenario = scenario
+        self.profile = profile
+        self.workers = workers
+        self._executor = executor
+        self._owned: ProcessPoolExecutor | None = None
+        self.runs = 0  # points simulated so far, for reports of how much a search cost
+
+    def __enter__(self) -> PointRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._owned is not None:
+            self._owned.shutdown(wait=True, cancel_futures=True)
+            self._owned = None
+
+    def _pool(self) -> Executor | None:
+        if self._executor is not None:
+            return self._executor
+        if self.workers == 1:
+            return None
+        if self._owned is None:
+            self._owned = ProcessPoolExecutor(max_workers=self.workers)
+        return self._owned
+
+    def run(
+        self, points: Sequence[SweepPoint], progress: ProgressFn | None = None
+    ) -> list[dict[str, Any]]:
+        """Simulate ``points``; ``progress`` gets the fraction of this batch done."""
+        total = len(points)
+        rows: list[dict[str, Any] | None] = [None] * total
+        pool = self._pool() if total > 1 else None
+        if pool is None:
+            for i, point in enumerate(points):
+                rows[i] = run_point(point, self.scenario, self.profile)
+                self.runs += 1
+                if progress is not None:
+                    progress((i + 1) / total)
+            return [r for r in rows if r is not None]
         futures: dict[Future[tuple[bool, Any]], int] = {
-            pool.submit(_run_in_worker, point, scenario, profile): i
+            pool.submit(_run_in_worker, point, self.scenario, self.profile): i
             for i, point in enumerate(points)
         }
         pending = set(futures)
+        done = 0
         try:
             while pending:
                 finished, pending = wait(pending, return_when=FIRST_EXCEPTION)
@@ -218,16 +280,40 @@ def run_sweep(
                         raise ConfigError(value)
                     rows[futures[future]] = value
                     done += 1
+                    self.runs += 1
                 if progress is not None:
                     progress(done / total)
         except BaseException:
-            pool.shutdown(wait=True, cancel_futures=True)  # no point finishing a failed sweep
+            for future in pending:
+                future.cancel()  # no point finishing a failed batch
+            self.close()
             raise
-    return [r for r in rows if r is not None]
+        return [r for r in rows if r is not None]
 
 
-def _columns(override_keys: Sequence[str]) -> list[str]:
-    return ["config", *override_keys, *COLUMNS[1:]]
+def run_sweep(
+    points: Sequence[SweepPoint],
+    scenario: Scenario,
+    profile: Profile,
+    *,
+    workers: int | None = None,
+    executor: Executor | None = None,
+    progress: ProgressFn | None = None,
+) -> list[dict[str, Any]]:
+    """Run every point; rows come back in point order whatever order they finish in.
+
+    ``workers`` > 1 runs points in that many local processes (default: every CPU); 1 runs them
+    here, one after another. ``executor`` (e.g. a Dask cluster's) replaces the local pool.
+    ``progress`` gets the fraction done."""
+    with PointRunner(scenario, profile, workers=workers, executor=executor) as runner:
+        return runner.run(points, progress)
+
+
+def columns(override_keys: Sequence[str], stages: Sequence[str]) -> list[str]:
+    """CSV columns of a sweep: ``config``, the override keys, :data:`COLUMNS`, then
+    :data:`STAGE_FIGURES` for each stage."""
+    per_stage = [f"{stage}_{figure}" for stage in stages for figure in STAGE_FIGURES]
+    return ["config", *override_keys, *COLUMNS[1:], *per_stage]
 
 
 def write_sweep(
@@ -244,7 +330,8 @@ def write_sweep(
     """Write ``sweep.csv`` (one row per point, columns in a fixed order) and ``sweep.json``
     (everything needed to run the sweep again), each atomically. Returns the folder."""
     out = Path(folder)
-    columns = _columns([o.key for o in overrides])
+    stages = [stage.name for stage in profile.stages]
+    header = columns([o.key for o in overrides], stages)
     inputs = {
         "scenario": scenario.model_dump(mode="json"),
         "profile": profile.model_dump(mode="json"),
@@ -254,9 +341,10 @@ def write_sweep(
         "seed": scenario.seed if seed is None else seed,
         "seeding": "replication r uses seed + r",
         "points": len(rows),
-        "columns": columns,
+        "stages": stages,
+        "columns": header,
     }
-    table = ([row.get(c, math.nan) for c in columns] for row in rows)
-    write_atomic(out / SWEEP_CSV, csv_bytes(columns, table))
+    table = ([row.get(c, math.nan) for c in header] for row in rows)
+    write_atomic(out / SWEEP_CSV, csv_bytes(header, table))
     write_atomic(out / SWEEP_JSON, json_bytes(inputs))
     return out

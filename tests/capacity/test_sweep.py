@@ -11,8 +11,10 @@ from typing import Any
 import pytest
 
 from ragstress.capacity import parse_set, plan_points, run_point, run_sweep, write_sweep
-from ragstress.capacity.sweep import COLUMNS, SweepPoint, config_label
+from ragstress.capacity.sweep import COLUMNS, SweepPoint, columns, config_label
 from ragstress.config import ConfigError, Profile, Scenario
+
+STAGE_COLUMNS = ["work_wait_mean_s", "work_service_mean_s", "work_utilisation", "work_mean_queue"]
 
 # One pool stage: c = 2 servers, exponential service with mean 0.1 s → capacity 20 req/s.
 PROFILE = Profile.model_validate(
@@ -100,7 +102,13 @@ def test_config_label() -> None:
 def test_run_point_returns_one_flat_row() -> None:
     (point,) = plan_points(SCENARIO, PROFILE, [8.0], [parse_set("stages.work.replicas=2")])
     row = run_point(point, SCENARIO, PROFILE)
-    assert list(row) == ["config", "stages.work.replicas", *COLUMNS[1:]]
+    assert list(row) == columns(["stages.work.replicas"], ["work"])
+    assert list(row)[-4:] == [
+        "work_wait_mean_s",
+        "work_service_mean_s",
+        "work_utilisation",
+        "work_mean_queue",
+    ]
     assert row["config"] == "work.replicas=2"
     assert row["stages.work.replicas"] == 2
     assert (row["rate_rps"], row["replication"], row["seed"]) == (8.0, 0, 11)
@@ -111,6 +119,11 @@ def test_run_point_returns_one_flat_row() -> None:
     assert row["latency_p95_ci_low_s"] <= row["latency_p95_s"] <= row["latency_p95_ci_high_s"]
     assert row["latency_p50_s"] < row["latency_p95_s"] < row["latency_p99_s"]
     assert isinstance(row["slo_met"], bool)
+    assert row["slo_met"] == (row["slo_ratio"] <= 1.0)
+    # 8 req/s on 2 servers of 10 req/s each: utilisation 0.4; the profile sets no prices
+    assert row["work_utilisation"] == pytest.approx(0.4, abs=0.12)
+    assert row["work_service_mean_s"] > 0
+    assert row["cost_usd_per_hour"] == 0.0
 
 
 def test_serial_and_parallel_give_identical_rows_in_point_order() -> None:
@@ -164,7 +177,7 @@ def test_write_sweep_writes_csv_and_inputs(tmp_path: Path) -> None:
     with (out / "sweep.csv").open(newline="") as fh:
         table = list(csv.DictReader(fh))
     assert len(table) == 4
-    assert list(table[0]) == ["config", "stages.work.replicas", *COLUMNS[1:]]
+    assert list(table[0]) == ["config", "stages.work.replicas", *COLUMNS[1:], *STAGE_COLUMNS]
     assert [r["stages.work.replicas"] for r in table] == ["1", "1", "2", "2"]
     assert table[0]["latency_p99_ci_low_s"] == ""
     assert float(table[3]["latency_p95_s"]) == rows[3]["latency_p95_s"]  # full precision
