@@ -5,6 +5,8 @@
 ``sweep.json`` (:mod:`ragstress.capacity.sweep`).
 """
 
+from ragstress.capacity.aggregate import aggregate, by_config
+from ragstress.capacity.knee import Knee, find_knee
 from ragstress.capacity.overrides import (
     Override,
     apply,
@@ -13,7 +15,9 @@ from ragstress.capacity.overrides import (
     parse_set,
     with_rate,
 )
+from ragstress.capacity.search import Capacity, SearchSettings, find_capacities
 from ragstress.capacity.sweep import (
+    PointRunner,
     SweepPoint,
     plan_points,
     run_point,
@@ -22,10 +26,18 @@ from ragstress.capacity.sweep import (
 )
 
 __all__ = [
+    "Capacity",
+    "Knee",
     "Override",
+    "PointRunner",
+    "SearchSettings",
     "SweepPoint",
+    "aggregate",
     "apply",
     "apply_overrides",
+    "by_config",
+    "find_capacities",
+    "find_knee",
     "parse_rates",
     "parse_set",
     "plan_points",
