@@ -1,8 +1,9 @@
 """RunResult → summary figures: counts, rates, latency and TTFT percentiles, cost, SLOs, stages.
 
 Every figure is computed over the measurement window: requests that *arrived* in
-[warmup_s, duration_s). Rates divide by that window's length, so a run that drains a backlog
-after the load stops does not look faster than it was.
+[warmup_s, duration_s), except throughput and goodput, which count answers that *finished* in
+the window (work done per second: a saturated run's backlog, drained after the load stops,
+does not count). Rates divide by the window's length.
 
 Cost includes the fixed (replica-hour) share of the window. Retry amplification of a stage is
 the calls it was sent (``<stage>_attempts``, retries included) per first-attempt call, over the
@@ -106,6 +107,18 @@ def slo_ratio(rows: list[dict[str, Any]]) -> float:
     return worst
 
 
+def _completed_in_window(result: RunResult, mask: np.ndarray, warm: float) -> int:
+    """Requests of ``mask`` that *finished* inside [warm, duration), whenever they arrived.
+
+    Throughput is work done per second in the window. Counting the window's arrivals that were
+    answered instead would credit a saturated system with the backlog it drains after the run
+    ends, and show it keeping up with any load."""
+    finish = result.requests["arrival_s"] + result.requests["latency_s"]
+    with np.errstate(invalid="ignore"):
+        inside = (finish >= warm) & (finish < result.manifest.duration_s)
+    return int((mask & inside).sum())
+
+
 def _profile_stages(result: RunResult) -> dict[str, AnyStage]:
     # A measured run may carry no profile, or a partial one: utilisation is then unknown (NaN)
     # and no fixed cost is charged to a stage
@@ -184,8 +197,8 @@ def summarize(result: RunResult, slo: Slo | None = None) -> dict[str, Any]:
         "answered": n_answered,
         "outcomes": {name: int((outcome == name).sum()) for name in OUTCOMES},
         "offered_rps": n / span,
-        "throughput_rps": n_answered / span,
-        "goodput_rps": n_good / span,
+        "throughput_rps": _completed_in_window(result, result.answered(), warm) / span,
+        "goodput_rps": _completed_in_window(result, good_mask(result, slo), warm) / span,
         "error_rate": (n - n_answered) / n if n else math.nan,
         "attempts_per_request": float(req["attempts"][in_window].mean()) if n else math.nan,
         "latency_s": describe(latency),

@@ -8,6 +8,12 @@ one point squashes every other to zero and the "knee" lands on the point before 
 wherever the real bend is. On a log scale a queue's p95 (which grows like 1 / (capacity −
 load)) bends where an engineer would point at the chart.
 
+Points past saturation are dropped before the search, all but the first: once throughput
+falls short of the offered load (below :data:`SATURATED` of it), the queue grows for as long as
+the run lasts and the latency measures the run's length, not the system. (Without this a
+saturated tail, which grows only linearly with load, would make the log curve concave and hide
+the bend.)
+
 No knee is reported when the curve does not rise (flat, noisy or falling latency) or bends
 less than :data:`MIN_BEND` in normalised units: a straight line has no knee, and calling one
 would mislead. Pure: numbers in, a point (or None) out.
@@ -21,9 +27,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["MIN_BEND", "Knee", "find_knee"]
+__all__ = ["MIN_BEND", "SATURATED", "Knee", "find_knee"]
 
 MIN_BEND = 0.05  # the furthest point must lie this far below the chord (normalised units)
+SATURATED = 0.95  # throughput below this share of the offered load: the queue is growing
 
 
 @dataclass(frozen=True)
@@ -33,14 +40,25 @@ class Knee:
     bend: float  # distance below the chord, normalised: 0 (straight) to 1 (a right angle)
 
 
-def find_knee(rates: Sequence[float], latencies: Sequence[float]) -> Knee | None:
+def find_knee(
+    rates: Sequence[float],
+    latencies: Sequence[float],
+    throughputs: Sequence[float] | None = None,
+) -> Knee | None:
     """The knee of latency (seconds, > 0) against offered rate, or None (see module doc).
-    Points with a missing or non-positive latency are ignored; rates need not be sorted."""
-    pairs = sorted(
-        (float(r), float(v))
-        for r, v in zip(rates, latencies, strict=True)
+    With ``throughputs`` (answers per second at each rate), saturated points after the first
+    are dropped. Points with a missing or non-positive latency are ignored; rates need not be
+    sorted."""
+    served = list(rates) if throughputs is None else list(throughputs)
+    triples = sorted(
+        (float(r), float(v), float(t))
+        for r, v, t in zip(rates, latencies, served, strict=True)
         if math.isfinite(r) and math.isfinite(v) and v > 0
     )
+    first_saturated = next(
+        (i for i, (r, _, t) in enumerate(triples) if not t >= SATURATED * r), len(triples)
+    )
+    pairs = [(r, v) for r, v, _ in triples[: first_saturated + 1]]
     if len(pairs) < 3:
         return None
     x = np.array([p[0] for p in pairs])

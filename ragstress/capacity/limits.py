@@ -63,7 +63,9 @@ def capacity_rows(
     for label, overrides in configs:
         curve = curves.get(label, [])
         knee = find_knee(
-            [float(r["rate_rps"]) for r in curve], [float(r["latency_p95_s"]) for r in curve]
+            [float(r["rate_rps"]) for r in curve],
+            [float(r["latency_p95_s"]) for r in curve],
+            [float(r["throughput_rps"]) for r in curve],
         )
         cap = found.get(label)
         entry: dict[str, Any] = {

@@ -32,6 +32,18 @@ def test_a_saturated_tail_does_not_drag_the_knee_to_the_last_points() -> None:
     assert with_tail.rate_rps <= 95.0
 
 
+def test_saturated_points_after_the_first_are_dropped() -> None:
+    rates = np.arange(5.0, 100.0, 5.0)
+    p95 = list(_mm1_p95(rates))
+    # past capacity, throughput stays at 100 req/s and p95 grows linearly with the backlog
+    tail_rates = [110.0, 130.0, 150.0, 170.0, 190.0]
+    tail_p95 = [30.0, 90.0, 150.0, 210.0, 270.0]
+    served = [*rates, 100.0, 100.0, 100.0, 100.0, 100.0]
+    knee = find_knee([*rates, *tail_rates], [*p95, *tail_p95], served)
+    assert knee is not None
+    assert 60.0 <= knee.rate_rps <= 95.0
+
+
 def test_unsorted_input_and_missing_points_are_handled() -> None:
     rates = np.arange(5.0, 100.0, 5.0)
     p95 = _mm1_p95(rates)
