@@ -33,7 +33,7 @@ from ragstress.capacity.aggregate import mean_interval
 from ragstress.capacity.sweep import SweepPoint
 from ragstress.config import ConfigError
 
-__all__ = ["Capacity", "Probe", "Runner", "SearchSettings", "find_capacities"]
+__all__ = ["Capacity", "Probe", "Runner", "SearchSettings", "find_capacities", "probe"]
 
 MIN_RPS = 1e-3
 MAX_RPS = 1e7  # the scenario schema's limit on a rate
@@ -102,20 +102,23 @@ class Capacity:
 
 
 @dataclass(frozen=True)
-class _Ask:
+class Ask:
+    """A probe's request: run these replications (seed offsets) at this rate."""
+
     rate_rps: float
     replications: range
 
 
-_Search = Generator[_Ask, list[float], Capacity]
+_Search = Generator[Ask, list[float], Capacity]
 
 
-def _probe(rate: float, settings: SearchSettings) -> Generator[_Ask, list[float], Probe]:
-    """Ask for replications at ``rate`` until the verdict is clear or the budget is spent."""
+def probe(rate: float, settings: SearchSettings) -> Generator[Ask, list[float], Probe]:
+    """A probe at ``rate``: yields requests for replications, is sent their SLO ratios, and
+    returns the verdict once it is clear or the replication budget is spent."""
     ratios: list[float] = []
     want = settings.replications
     while True:
-        ratios += yield _Ask(rate, range(len(ratios), want))
+        ratios += yield Ask(rate, range(len(ratios), want))
         mean, low, high = mean_interval(ratios)
         if math.isnan(mean):
             raise ConfigError(
@@ -142,8 +145,8 @@ def _search(
     """One configuration's search; ``passed`` / ``failed`` are grid rates already judged."""
     probes: list[Probe] = []
 
-    def judge(rate: float) -> Generator[_Ask, list[float], bool]:
-        result = yield from _probe(rate, settings)
+    def judge(rate: float) -> Generator[Ask, list[float], bool]:
+        result = yield from probe(rate, settings)
         probes.append(result)
         return result.passed
 
@@ -224,7 +227,7 @@ def find_capacities(
         passed, failed = verdicts.setdefault(config, ([], []))
         (passed if mean <= 1.0 else failed).append(rate)
     searches: dict[str, _Search] = {}
-    asks: dict[str, _Ask] = {}
+    asks: dict[str, Ask] = {}
     results: dict[str, Capacity] = {}
     overrides_of = {label: dict(overrides) for label, overrides in configs}
     for label, overrides in configs:

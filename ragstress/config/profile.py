@@ -16,7 +16,7 @@ Every stage runs, in the listed order, for every request, except stages marked
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -30,6 +30,7 @@ __all__ = [
     "CacheStage",
     "EngineStep",
     "KeyHits",
+    "Knob",
     "LlmApiStage",
     "LlmEngineStage",
     "PoolStage",
@@ -306,12 +307,78 @@ AnyStage = PoolStage | BatcherStage | LlmApiStage | LlmEngineStage | CacheStage
 STREAMING = (LlmApiStage, LlmEngineStage)
 
 
+KnobKey = Annotated[str, Field(pattern=r"^stages\.[a-z][a-z0-9_]{0,39}(\.[A-Za-z0-9_]+)+$")]
+OptionLabel = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,39}$")]
+
+
+class Knob(StrictModel):
+    """A dimension ``ragstress plan`` may turn: one key over ``values``, or named ``options``
+    that each set several keys (a model choice: its service time and its prices together).
+
+    ``monotone: true`` promises that capacity only grows along the list (replicas 1, 2, 4;
+    rate-limit tiers in order): if the SLO fails at one entry it fails at every earlier one,
+    other knobs equal. The planner uses the promise to skip configurations it implies fail.
+    """
+
+    name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_.]{0,59}$")] | None = None
+    key: KnobKey | None = None
+    values: Annotated[tuple[Any, ...], Field(min_length=1, max_length=64)] | None = None
+    options: (
+        Annotated[
+            dict[OptionLabel, Annotated[dict[KnobKey, Any], Field(min_length=1)]],
+            Field(min_length=1, max_length=64),
+        ]
+        | None
+    ) = None
+    monotone: bool = False
+
+    @model_validator(mode="after")
+    def _one_form(self) -> Knob:
+        if self.options is not None:
+            if self.key is not None or self.values is not None:
+                raise ValueError("give either key and values, or options, not both")
+            if self.name is None:
+                raise LocatedValueError(("name",), "a knob with options needs a name")
+        elif self.key is None or self.values is None:
+            raise ValueError(
+                "a knob needs key and values (e.g. key: stages.generate.replicas, "
+                "values: [1, 2, 4]), or a name and options"
+            )
+        return self
+
+    @property
+    def label(self) -> str:
+        if self.name is not None:
+            return self.name
+        assert self.key is not None  # _one_form
+        return self.key.removeprefix("stages.")
+
+    def choices(self) -> list[tuple[str, dict[str, Any]]]:
+        """(text for a table, the keys it sets) for each entry, in order."""
+        if self.options is not None:
+            return [(f"{self.label}={name}", dict(sets)) for name, sets in self.options.items()]
+        assert self.key is not None  # _one_form
+        assert self.values is not None
+        return [(f"{self.label}={_show(v)}", {self.key: v}) for v in self.values]
+
+    def keys(self) -> set[str]:
+        return {key for _, sets in self.choices() for key in sets}
+
+
+def _show(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
 class Profile(StrictModel):
-    """A deployment under test. Stages run in the listed order for every request."""
+    """A deployment under test. Stages run in the listed order for every request.
+
+    ``knobs``: what ``ragstress plan`` may change when it looks for the cheapest configuration
+    that holds the SLO (ignored by everything else)."""
 
     name: Annotated[str, Field(min_length=1)]
     description: str = ""
     stages: tuple[Stage, ...]
+    knobs: Annotated[tuple[Knob, ...], Field(max_length=8)] = ()
 
     @field_validator("stages")
     @classmethod
@@ -392,6 +459,30 @@ class Profile(StrictModel):
                         "must list the stages right after the cache, in order "
                         f"(allowed: {', '.join(path[start + 1 :]) or 'none'})",
                     )
+        return self
+
+    @model_validator(mode="after")
+    def _knob_keys(self) -> Profile:
+        """Knob keys name real stages, and no two knobs set the same key."""
+        names = [s.name for s in self.stages]
+        owner: dict[str, int] = {}
+        for i, knob in enumerate(self.knobs):
+            where = ("knobs", i, "options") if knob.options is not None else ("knobs", i, "key")
+            for key in sorted(knob.keys()):
+                stage = key.split(".")[1]
+                if stage not in names:
+                    raise LocatedValueError(
+                        where, f"{key}: no stage named {stage!r} (allowed: {', '.join(names)})"
+                    )
+                if key in owner and owner[key] != i:
+                    raise LocatedValueError(
+                        where, f"{key} is already turned by knob {owner[key]}; one knob per key"
+                    )
+                owner[key] = i
+        labels = [knob.label for knob in self.knobs]
+        for i, label in enumerate(labels):
+            if labels.index(label) != i:
+                raise LocatedValueError(("knobs", i, "name"), f"knob name {label!r} is used twice")
         return self
 
     @property
