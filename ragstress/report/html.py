@@ -36,6 +36,7 @@ from ragstress.report.charts import (
     stage_calls_over_time,
     throughput_over_time,
 )
+from ragstress.report.fault_charts import fault_timeline, has_faults
 from ragstress.results.schema import OUTCOMES, RunResult
 from ragstress.results.store import read_run, read_summary, write_atomic
 
@@ -121,6 +122,17 @@ CHARTS: tuple[ChartSpec, ...] = (
         "retries included) far above its dashed line (calls it finished) means calls were "
         "refused or retried faster than the stage could serve them.",
         available=has_stage_call_series,
+    ),
+    ChartSpec(
+        "fault_timeline.png",
+        "Fault timeline and recovery",
+        fault_timeline,
+        "Read what each shaded fault window did and how long it lasted after the fault: the "
+        "latency lines and the error bands behind them should fall back under the dotted "
+        "'normal' line, and the bracket after each window gives the time until they did "
+        "(or says the system had not recovered by the end of the load).",
+        (12.0, 6.4),
+        available=has_faults,
     ),
 )
 
