@@ -5,7 +5,9 @@ Every figure is computed over the measurement window: requests that *arrived* in
 the window (work done per second: a saturated run's backlog, drained after the load stops,
 does not count). Rates divide by the window's length.
 
-Cost includes the fixed (replica-hour) share of the window. Retry amplification of a stage is
+Cost includes the fixed (replica-hour) share of the window. Per answer, the per-call charges
+are spread over the window's answered requests and the fixed cost over the answers finished in
+the window (see ``_per_answer``). Retry amplification of a stage is
 the calls it was sent (``<stage>_attempts``, retries included) per first-attempt call, over the
 requests that reached it: 1.0 means no retries, whatever the stage's ``fan_out``. Stage
 utilisation comes from the time series (calls, or batches, in service at each sample in the
@@ -107,6 +109,16 @@ def slo_ratio(rows: list[dict[str, Any]]) -> float:
     return worst
 
 
+def _per_answer(charges: float, answered: int, fixed: float, completed: int) -> float:
+    """Cost per answer: the window's per-call charges over the window's answered requests,
+    plus the window's fixed (replica-hour) cost over the answers finished in it. The split
+    matters past saturation: the fixed cost buys only the answers the system managed in the
+    window, not the backlog it drains after the load stops."""
+    if not answered or (fixed > 0 and not completed):
+        return math.nan
+    return charges / answered + (fixed / completed if fixed > 0 else 0.0)
+
+
 def _completed_in_window(result: RunResult, mask: np.ndarray, warm: float) -> int:
     """Requests of ``mask`` that *finished* inside [warm, duration), whenever they arrived.
 
@@ -186,6 +198,10 @@ def summarize(result: RunResult, slo: Slo | None = None) -> dict[str, Any]:
     total_cost = float(cost.sum()) + fixed
     n_answered = int(answered.sum())
     n_good = int(good.sum())
+    done = _completed_in_window(result, result.answered(), warm)
+    done_good = _completed_in_window(result, good_mask(result, slo), warm)
+    charges = float(cost.sum())
+    per_answer = _per_answer(charges, n_answered, fixed, done)
     profile_stages = _profile_stages(result)
 
     summary: dict[str, Any] = {
@@ -197,8 +213,8 @@ def summarize(result: RunResult, slo: Slo | None = None) -> dict[str, Any]:
         "answered": n_answered,
         "outcomes": {name: int((outcome == name).sum()) for name in OUTCOMES},
         "offered_rps": n / span,
-        "throughput_rps": _completed_in_window(result, result.answered(), warm) / span,
-        "goodput_rps": _completed_in_window(result, good_mask(result, slo), warm) / span,
+        "throughput_rps": done / span,
+        "goodput_rps": done_good / span,
         "error_rate": (n - n_answered) / n if n else math.nan,
         "attempts_per_request": float(req["attempts"][in_window].mean()) if n else math.nan,
         "latency_s": describe(latency),
@@ -210,9 +226,9 @@ def summarize(result: RunResult, slo: Slo | None = None) -> dict[str, Any]:
             "by_stage": _cost_by_stage(result, in_window, profile_stages, span),
         },
         "cost_usd_per_1k": 1000 * total_cost / n if n else math.nan,
-        "cost_usd_per_1k_answers": 1000 * total_cost / n_answered if n_answered else math.nan,
-        "cost_usd_per_answer": total_cost / n_answered if n_answered else math.nan,
-        "cost_usd_per_good_answer": total_cost / n_good if n_good else math.nan,
+        "cost_usd_per_1k_answers": 1000 * per_answer,
+        "cost_usd_per_answer": per_answer,
+        "cost_usd_per_good_answer": _per_answer(charges, n_good, fixed, done_good),
         "retry_amplification": {
             stage: _retry_amplification(
                 _window_attempts(result, stage, in_window), _fan_out(profile_stages, stage)

@@ -51,6 +51,16 @@ def has_objectives(slo: Slo) -> bool:
     return slo.error_rate is not None or any(t is not None and t.items() for t in targets)
 
 
+def _served(row: Mapping[str, Any]) -> float:
+    """Requests per second the system got through, answered or failed: a fault that fails a
+    share of calls at every rate is not saturation, a queue that cannot keep up is."""
+    error = float(row["error_rate"])
+    answered = float(row["throughput_rps"])
+    if not math.isfinite(error) or error >= 1.0:
+        return answered
+    return answered / (1.0 - error)
+
+
 def capacity_rows(
     rows: Sequence[Mapping[str, Any]],
     configs: Sequence[tuple[str, Mapping[str, Any]]],
@@ -65,7 +75,7 @@ def capacity_rows(
         knee = find_knee(
             [float(r["rate_rps"]) for r in curve],
             [float(r["latency_p95_s"]) for r in curve],
-            [float(r["throughput_rps"]) for r in curve],
+            [_served(r) for r in curve],
         )
         cap = found.get(label)
         entry: dict[str, Any] = {

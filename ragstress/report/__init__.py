@@ -1,5 +1,7 @@
-"""Charts and a self-contained HTML/Markdown report of one run (reads runs, never runs)."""
+"""Charts and a self-contained HTML/Markdown report of one run, a sweep or a plan (reads
+results, never runs anything)."""
 
+from ragstress.report.capacity_report import write_capacity_report
 from ragstress.report.charts import (
     latency_cdf,
     latency_over_time,
@@ -15,5 +17,6 @@ __all__ = [
     "queues_over_time",
     "stage_breakdown",
     "throughput_over_time",
+    "write_capacity_report",
     "write_report",
 ]

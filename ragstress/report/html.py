@@ -518,9 +518,16 @@ def write_report(folder: str | Path) -> list[Path]:
     """Draw the charts of the run in ``folder`` and write them, ``report.html`` (charts
     inlined, nothing external) and ``report.md`` into it. Returns the paths written.
 
+    A sweep folder (``sweep.json``) or a plan folder (``plan.json``) gets the capacity report
+    instead (:func:`ragstress.report.capacity_report.write_capacity_report`).
+
     Raises ``ResultsError`` when ``folder`` is not a readable run folder.
     """
     out = Path(folder)
+    if (out / "sweep.json").is_file() or (out / "plan.json").is_file():
+        from ragstress.report.capacity_report import write_capacity_report
+
+        return write_capacity_report(out)
     result = read_run(out)
     summary: Mapping[str, Any] | None = read_summary(out)
     if summary is None:
