@@ -148,6 +148,12 @@ def simulate(scenario: Path, profile: Path, out: Path, seed: int | None, quiet: 
     help="Worker processes (default: every CPU; 1 runs serially).",
 )
 @click.option(
+    "--dask",
+    metavar="ADDRESS",
+    default=None,
+    help="Run on the Dask scheduler at ADDRESS (tcp://host:8786) instead of local processes.",
+)
+@click.option(
     "--seed", type=click.IntRange(min=0), default=None, help="Base seed (default: the scenario's)."
 )
 @click.option(
@@ -166,14 +172,20 @@ def sweep(
     sets: tuple[str, ...],
     replications: int,
     workers: int | None,
+    dask: str | None,
     seed: int | None,
     out: Path,
     quiet: bool,
 ) -> None:
     """Simulate SCENARIO at every offered rate and configuration; write one row per run."""
+    from contextlib import nullcontext
+
     from ragstress.api import load_pair
     from ragstress.capacity import parse_rates, parse_set, plan_points, run_sweep, write_sweep
+    from ragstress.capacity.dask_backend import dask_executor
 
+    if dask is not None and workers is not None:
+        raise UserError("--dask and --workers: give one or the other (Dask has its own workers)")
     try:
         rate_list = parse_rates(rates)
         overrides = [parse_set(text) for text in sets]
@@ -182,8 +194,11 @@ def sweep(
     with _user_errors():
         sc, prof = load_pair(scenario, profile)
         points = plan_points(sc, prof, rate_list, overrides, replications=replications, seed=seed)
-        with _progress(f"sweeping {len(points)} runs", not quiet) as progress:
-            rows = run_sweep(points, sc, prof, workers=workers, progress=progress)
+        cluster = dask_executor(dask) if dask is not None else nullcontext(None)
+        with cluster as executor, _progress(f"sweeping {len(points)} runs", not quiet) as progress:
+            rows = run_sweep(
+                points, sc, prof, workers=workers, executor=executor, progress=progress
+            )
         write_sweep(
             out,
             rows,
@@ -201,7 +216,7 @@ def sweep(
 @main.command()
 @click.argument("folder", type=click.Path(path_type=Path))
 def report(folder: Path) -> None:
-    """Write charts and report.html for the run in FOLDER."""
+    """Write charts, report.html and report.md for the run, sweep or plan in FOLDER."""
     from ragstress.report import write_report
 
     with _user_errors():
