@@ -13,12 +13,15 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from ragstress import __version__
 from ragstress.config import ConfigError, Profile, Scenario
+
+if TYPE_CHECKING:
+    from ragstress.capacity.planner import Plan
 
 __all__ = ["main"]
 
@@ -87,6 +90,77 @@ _PROFILE_OPTION = click.option(
 )
 
 
+def _compose(*decorators: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def apply(fn: Any) -> Any:
+        for decorator in reversed(decorators):
+            fn = decorator(fn)
+        return fn
+
+    return apply
+
+
+_SEARCH_OPTIONS = _compose(
+    click.option(
+        "--tolerance",
+        type=click.FloatRange(min=0, max=1, min_open=True, max_open=True),
+        default=0.02,
+        show_default=True,
+        help="Stop the rate search when its bracket is this narrow (relative).",
+    ),
+    click.option(
+        "--probe-replications",
+        type=click.IntRange(min=1),
+        default=3,
+        show_default=True,
+        help="Seeds per search probe to start with.",
+    ),
+    click.option(
+        "--max-probe-replications",
+        type=click.IntRange(min=1),
+        default=12,
+        show_default=True,
+        help="Seeds per probe at most, while its verdict is within noise of the SLO.",
+    ),
+)
+_RUNNER_OPTIONS = _compose(
+    click.option(
+        "--workers",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Worker processes (default: every CPU; 1 runs serially).",
+    ),
+    click.option(
+        "--dask",
+        metavar="ADDRESS",
+        default=None,
+        help="Run on the Dask scheduler at ADDRESS (tcp://host:8786) instead of local processes.",
+    ),
+    click.option(
+        "--seed",
+        type=click.IntRange(min=0),
+        default=None,
+        help="Base seed (default: the scenario's).",
+    ),
+)
+
+
+def _one_runner(dask: str | None, workers: int | None) -> None:
+    if dask is not None and workers is not None:
+        raise UserError("--dask and --workers: give one or the other (Dask has its own workers)")
+
+
+@contextmanager
+def _executor(dask: str | None) -> Iterator[Any]:
+    """A Dask cluster's executor for ``--dask``, else None (the local pool)."""
+    if dask is None:
+        yield None
+        return
+    from ragstress.capacity.dask_backend import dask_executor
+
+    with dask_executor(dask) as executor:
+        yield executor
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="ragstress")
 def main() -> None:
@@ -139,29 +213,21 @@ def simulate(scenario: Path, profile: Path, out: Path, seed: int | None, quiet: 
     type=click.IntRange(min=1),
     default=1,
     show_default=True,
-    help="Runs per point; replication r uses seed + r.",
+    help="Runs per grid point; replication r uses seed + r.",
 )
+@_SEARCH_OPTIONS
 @click.option(
-    "--workers",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Worker processes (default: every CPU; 1 runs serially).",
+    "--no-search",
+    is_flag=True,
+    help="Skip the maximum-sustainable-rate search (the knee still comes from the grid).",
 )
-@click.option(
-    "--dask",
-    metavar="ADDRESS",
-    default=None,
-    help="Run on the Dask scheduler at ADDRESS (tcp://host:8786) instead of local processes.",
-)
-@click.option(
-    "--seed", type=click.IntRange(min=0), default=None, help="Base seed (default: the scenario's)."
-)
+@_RUNNER_OPTIONS
 @click.option(
     "--out",
     "-o",
     type=click.Path(path_type=Path),
     required=True,
-    help="Folder to write sweep.csv and sweep.json into.",
+    help="Folder to write sweep.csv, capacity.csv and their JSON into.",
 )
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 def sweep(
@@ -171,21 +237,23 @@ def sweep(
     rates: str,
     sets: tuple[str, ...],
     replications: int,
+    tolerance: float,
+    probe_replications: int,
+    max_probe_replications: int,
+    no_search: bool,
     workers: int | None,
     dask: str | None,
     seed: int | None,
     out: Path,
     quiet: bool,
 ) -> None:
-    """Simulate SCENARIO at every offered rate and configuration; write one row per run."""
-    from contextlib import nullcontext
-
+    """Simulate SCENARIO at every offered rate and configuration (sweep.csv), then find each
+    configuration's knee and maximum sustainable rate under the scenario's SLO (capacity.csv)."""
     from ragstress.api import load_pair
-    from ragstress.capacity import parse_rates, parse_set, plan_points, run_sweep, write_sweep
-    from ragstress.capacity.dask_backend import dask_executor
+    from ragstress.capacity import SearchSettings, parse_rates, parse_set
+    from ragstress.capacity.jobs import run_sweep_job
 
-    if dask is not None and workers is not None:
-        raise UserError("--dask and --workers: give one or the other (Dask has its own workers)")
+    _one_runner(dask, workers)
     try:
         rate_list = parse_rates(rates)
         overrides = [parse_set(text) for text in sets]
@@ -193,24 +261,167 @@ def sweep(
         raise UserError(str(exc)) from None
     with _user_errors():
         sc, prof = load_pair(scenario, profile)
-        points = plan_points(sc, prof, rate_list, overrides, replications=replications, seed=seed)
-        cluster = dask_executor(dask) if dask is not None else nullcontext(None)
-        with cluster as executor, _progress(f"sweeping {len(points)} runs", not quiet) as progress:
-            rows = run_sweep(
-                points, sc, prof, workers=workers, executor=executor, progress=progress
+        search = None
+        if not no_search:
+            search = SearchSettings(tolerance, probe_replications, max_probe_replications)
+        points = len(rate_list) * replications * math.prod(len(o.values) for o in overrides)
+        with (
+            _executor(dask) as executor,
+            _progress(f"sweeping {points} runs", not quiet) as progress,
+        ):
+            job = run_sweep_job(
+                sc,
+                prof,
+                rate_list,
+                overrides,
+                out,
+                replications=replications,
+                seed=seed,
+                search=search,
+                workers=workers,
+                executor=executor,
+                progress=progress,
             )
-        write_sweep(
-            out,
-            rows,
-            scenario=sc,
-            profile=prof,
-            rates=rate_list,
-            overrides=overrides,
-            replications=replications,
-            seed=seed,
-        )
     if not quiet:
-        click.echo(f"wrote {out}/sweep.csv ({len(rows)} runs) and {out}/sweep.json")
+        click.echo(_capacity_table(job.capacity))
+        click.echo(
+            f"wrote {out}/sweep.csv ({len(job.rows)} runs), {out}/capacity.csv and their JSON "
+            f"(ragstress report {out} draws the charts)"
+        )
+
+
+def _capacity_table(rows: list[dict[str, Any]]) -> str:
+    lines = [f"{'configuration':<36} {'knee':>12} {'max sustainable rate':>30}"]
+    for row in rows:
+        knee = row["knee_rps"]
+        rate = row["max_rate_rps"]
+        knee_text = "none" if math.isnan(knee) else f"{knee:.4g} req/s"
+        if math.isnan(rate):
+            rate_text = "not searched"
+        else:
+            high = row["bracket_high_rps"]
+            upper = "" if math.isnan(high) else f" (< {high:.4g})"
+            unsure = "" if row["confident"] else " ~noise"
+            rate_text = f"{rate:.4g} req/s{upper}{unsure}"
+        lines.append(f"{row['config']:<36} {knee_text:>12} {rate_text:>30}")
+    return "\n".join(lines)
+
+
+def _headroom(text: str) -> float:
+    raw = text.strip()
+    try:
+        value = float(raw.removesuffix("%"))
+    except ValueError:
+        value = math.nan
+    if raw.endswith("%"):
+        value /= 100
+    elif math.isfinite(value) and value >= 1:
+        value = math.nan  # "20" is ambiguous: 20 % or 2,000 %?
+    if not (math.isfinite(value) and 0 <= value <= 10):
+        raise UserError(f"--headroom {text}: allowed: a percentage like 20% (or a fraction, 0.2)")
+    return value
+
+
+@main.command()
+@click.argument("scenario", type=click.Path(path_type=Path))
+@_PROFILE_OPTION
+@click.option(
+    "--peak",
+    type=click.FloatRange(min=0, min_open=True),
+    required=True,
+    help="The peak load to plan for, in req/s.",
+)
+@click.option(
+    "--headroom",
+    default="20%",
+    show_default=True,
+    help="Extra load the chosen configuration must hold: the SLO is checked at "
+    "peak x (1 + headroom).",
+)
+@click.option(
+    "--top",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="Feasible configurations to rank (each gets its maximum sustainable rate searched).",
+)
+@_SEARCH_OPTIONS
+@_RUNNER_OPTIONS
+@click.option(
+    "--out",
+    "-o",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Folder to write plan.json and plan.csv into.",
+)
+@click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
+def plan(
+    *,
+    scenario: Path,
+    profile: Path,
+    peak: float,
+    headroom: str,
+    top: int,
+    tolerance: float,
+    probe_replications: int,
+    max_probe_replications: int,
+    workers: int | None,
+    dask: str | None,
+    seed: int | None,
+    out: Path,
+    quiet: bool,
+) -> None:
+    """Find the cheapest configuration of the profile's knobs whose SLO holds at the peak plus
+    headroom; print the ranked configurations and write plan.json and plan.csv."""
+    from ragstress.api import load_pair
+    from ragstress.capacity import SearchSettings
+    from ragstress.capacity.jobs import run_plan_job
+    from ragstress.capacity.planner import PlanSettings
+
+    _one_runner(dask, workers)
+    fraction = _headroom(headroom)
+    with _user_errors():
+        sc, prof = load_pair(scenario, profile)
+        search = SearchSettings(
+            tolerance, probe_replications, max_probe_replications, sc.seed if seed is None else seed
+        )
+        settings = PlanSettings(peak_rps=peak, headroom=fraction, top=top, search=search)
+        if not quiet:
+            click.echo(
+                f"planning for {settings.target_rps:.4g} req/s ({peak:g} peak + {fraction:.0%})",
+                err=True,
+            )
+        with _executor(dask) as executor:
+            result = run_plan_job(sc, prof, settings, out, workers=workers, executor=executor)
+    if not quiet:
+        click.echo(_plan_table(result))
+        click.echo(
+            f"wrote {out}/plan.json and {out}/plan.csv (ragstress report {out} draws the frontier)"
+        )
+
+
+def _plan_table(result: Plan) -> str:
+    width = max([len("configuration"), *(len(c.config) for c in result.ranked)])
+    lines = [
+        f"{'#':>2} {'configuration':<{width}} {'$/hour':>9} {'$/1k answers':>13} {'p95':>8} "
+        f"{'max rate':>12}"
+    ]
+    lines.extend(
+        f"{cand.rank:>2} {cand.config:<{width}} {cand.usd_per_hour:>9.2f} "
+        f"{cand.usd_per_1k_answers:>13.3f} {cand.latency_p95_s:>7.2f}s "
+        f"{cand.max_rate_rps:>8.4g} r/s"
+        for cand in result.ranked
+    )
+    if not result.ranked:
+        lines.append("   no configuration of the knobs holds the SLO at this load")
+    grid = len(result.candidates)
+    lines.append(
+        f"evaluated {result.evaluated} of {grid} configurations in {result.runs} runs "
+        f"(pruned: {result.count('pruned-monotone')} below a failure, "
+        f"{result.count('pruned-dominated')} above a success, "
+        f"{result.count('pruned-cost')} by the cost bound)"
+    )
+    return "\n".join(lines)
 
 
 @main.command()
