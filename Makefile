@@ -35,6 +35,7 @@ test: lint typecheck unit
 
 bench: $(VENV)/.installed-run
 	$(BIN)/python benchmarks/model_speed.py
+	$(BIN)/python benchmarks/sweep_speed.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -11,13 +11,18 @@ labels with units, a legend (below the axes, where it cannot cover data) and a g
 
 from __future__ import annotations
 
+import itertools
 import math
+import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from matplotlib import rcParams
 from matplotlib.axes import Axes
+from matplotlib.font_manager import FontProperties
+from matplotlib.textpath import text_to_path
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, PercentFormatter
 from matplotlib.transforms import ScaledTranslation, blended_transform_factory
 
@@ -777,12 +782,333 @@ def _candidates(plan: Mapping[str, Any], status: str) -> list[Mapping[str, Any]]
     return [c for c in plan.get("candidates") or [] if c.get("status") == status]
 
 
+# Where the plan chart puts its labels is worked out before the figure is laid out, on an
+# estimate of the laid-out axes in points (a Box is (x0, y0, x1, y1) in points from the axes'
+# lower left corner), with the text measured from the font: no renderer is needed.
+LABEL_WIDTH = 40  # characters per line of a configuration label (broken between settings)
+RANK_FONT = 9.0
+CHOSEN_FONT = 9.5
+MARKER_R = {"pruned": 4.0, "arrow": 5.0, "ranked": 5.5, "chosen": 12.5}  # half a marker
+# ranked points closer than this (points) share one label: a centre under the other marker
+MERGE_WITHIN = {"ranked": 6.0, "chosen": 8.0}
+LABEL_CLEARANCE = 6.0  # points a rank label keeps from markers that are not its own
+CORNER_INSET = 7.0  # points between the axes' edges and the chosen one's text
+CORNERS: tuple[tuple[float, float, str, str], ...] = (  # (x, y) in axes fraction, ha, va
+    (1.0, 0.0, "right", "bottom"),  # below and to the right: more capacity for less money
+    (0.0, 1.0, "left", "top"),
+    (1.0, 1.0, "right", "top"),
+    (0.0, 0.0, "left", "bottom"),
+    (1.0, 0.5, "right", "center"),
+)
+Box = tuple[float, float, float, float]
+Corner = tuple[float, float, str, str]
+
+
+def _wrap(text: str, width: int = LABEL_WIDTH) -> str:
+    """A configuration label on lines of about ``width`` characters, broken between its
+    settings (a ``knob=value`` word is never split)."""
+    lines = textwrap.wrap(text, width, break_long_words=False, break_on_hyphens=False)
+    return "\n".join(lines or [text])
+
+
+def _text_size(text: str, size: float, bold: bool = False) -> tuple[float, float]:
+    """Width and height in points of ``text`` (one line per newline) at font ``size``."""
+    prop = FontProperties(size=size, weight="bold" if bold else "normal")
+    lines = text.replace("\\$", "$").split("\n")
+    width = max(
+        text_to_path.get_text_width_height_descent(line, prop, ismath=False)[0] for line in lines
+    )
+    return width, size * (1.2 * len(lines) - 0.2)
+
+
+def _overlap(a: Box, b: Box) -> float:
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    return w * h if w > 0 and h > 0 else 0.0
+
+
+def _first_best(scores: Sequence[float]) -> int:
+    """The first of the lowest ``scores`` (differences under a square point are ties)."""
+    low = min(scores)
+    return next(i for i, s in enumerate(scores) if s <= low + 1.0)
+
+
+def _legend_layout(labels: Sequence[str], width: float, fontsize: float) -> tuple[int, float]:
+    """The most legend columns (3 at most) whose width fits in ``width`` points, and the
+    legend's height in points with them. Entries fill the columns as matplotlib fills them:
+    top to bottom, the first columns one entry longer."""
+    sizes = [_text_size(label, fontsize) for label in labels]
+    handle = (2.0 + 0.8) * fontsize  # handle length and the pad to the text
+    ncol, height = 1, 0.0
+    for most in (3, 2, 1):
+        ncol = min(most, len(sizes)) or 1
+        rows, extra = divmod(len(sizes), ncol)
+        columns, start = [], 0
+        for n in [rows + 1] * extra + [rows] * (ncol - extra):
+            columns.append(sizes[start : start + n])
+            start += n
+        total = sum(handle + max((w for w, _ in col), default=0.0) for col in columns)
+        total += 2.0 * fontsize * (ncol - 1)  # column spacing
+        height = max(
+            (sum(max(h, 1.2 * fontsize) + 0.5 * fontsize for _, h in col) for col in columns),
+            default=0.0,
+        )
+        if total <= width:
+            break
+    return ncol, height + 0.8 * fontsize
+
+
+def _axes_size(ax: Axes, legend_height: float) -> tuple[float, float]:
+    """The axes' width and height in points once laid out: under a layout engine, the figure
+    less the tick labels and y label (left), the title (top), the ticks, the x label and the
+    legend (bottom); without one, the axes as it is."""
+    fig = ax.figure
+    to_pt = 72.0 / fig.dpi
+    if fig.get_layout_engine() is None:
+        return ax.bbox.width * to_pt, ax.bbox.height * to_pt
+    fig_w, fig_h = fig.bbox.width * to_pt, fig.bbox.height * to_pt
+    return max(fig_w - 85.0, 100.0), max(fig_h - 80.0 - legend_height, 80.0)
+
+
+class _Frame:
+    """Data → points in the estimated axes, and the boxes that labels should keep clear of,
+    each with a weight (what a label may cross at a pinch weighs less)."""
+
+    def __init__(
+        self, xlim: tuple[float, float], ylim: tuple[float, float], size: tuple[float, float]
+    ) -> None:
+        self.xlim, self.ylim = xlim, ylim
+        self.width, self.height = size
+        self.obstacles: list[tuple[Box, float]] = []
+        self.markers: list[tuple[float, float, float]] = []  # centre and half size
+
+    def pt(self, x: float, y: float) -> tuple[float, float]:
+        (x0, x1), (y0, y1) = self.xlim, self.ylim
+        return (x - x0) / (x1 - x0) * self.width, (y - y0) / (y1 - y0) * self.height
+
+    def marker(self, x: float, y: float, r: float, dx: float = 0.0) -> None:
+        if math.isfinite(x) and math.isfinite(y):
+            px, py = self.pt(x, y)
+            self.obstacles.append(((px + dx - r, py - r, px + dx + r, py + r), 1.0))
+            self.markers.append((px + dx, py, r))
+
+    def segment(self, a: tuple[float, float], b: tuple[float, float], weight: float) -> None:
+        (ax_, ay), (bx, by) = self.pt(*a), self.pt(*b)
+        box = (min(ax_, bx) - 1.5, min(ay, by) - 1.5, max(ax_, bx) + 1.5, max(ay, by) + 1.5)
+        self.obstacles.append((box, weight))
+
+    def cost(self, box: Box) -> float:
+        """What ``box`` covers, weighted, and (far worse) how much of it is off the axes."""
+        hit = sum(w * _overlap(box, b) for b, w in self.obstacles)
+        area = (box[2] - box[0]) * (box[3] - box[1])
+        return hit + 50.0 * (area - _overlap(box, (0.0, 0.0, self.width, self.height)))
+
+    def crowding(self, box: Box, own: Sequence[tuple[float, float]]) -> float:
+        """How close ``box`` comes to markers other than those centred at ``own``: a label
+        right beside another marker reads as that marker's."""
+        out = 0.0
+        for mx, my, r in self.markers:
+            if any(abs(mx - ox) + abs(my - oy) < 0.5 for ox, oy in own):
+                continue
+            reach = r + LABEL_CLEARANCE
+            out += 0.5 * _overlap(box, (mx - reach, my - reach, mx + reach, my + reach))
+        return out
+
+
+@dataclass(frozen=True)
+class _PlanMarks:
+    """Where the plan chart draws, in data: markers at the target line (costs, shift in
+    points, half size), ranked points, the chosen one, the frontier's corners and the target
+    and peak lines."""
+
+    target: float
+    peak: float
+    at_target: Sequence[tuple[Sequence[float], float, float]]
+    ranked: Sequence[tuple[float, float]]
+    chosen: tuple[float, float] | None
+    steps: Sequence[tuple[float, float]]
+
+    def frame(
+        self, xlim: tuple[float, float], ylim: tuple[float, float], size: tuple[float, float]
+    ) -> _Frame:
+        frame = _Frame(xlim, ylim, size)
+        for ys, shift, r in self.at_target:
+            for y in ys:
+                frame.marker(self.target, y, r, dx=shift)
+        for x, y in self.ranked:
+            frame.marker(x, y, MARKER_R["ranked"])
+        if self.chosen is not None:
+            frame.marker(*self.chosen, MARKER_R["chosen"])
+        for a, b in itertools.pairwise(self.steps):
+            frame.segment(a, b, 1.0)
+        for x in (self.target, self.peak):
+            if math.isfinite(x):  # a label may cross a reference line
+                frame.segment((x, ylim[0]), (x, ylim[1]), 0.3)
+        return frame
+
+
+def _corner_box(corner: Corner, w: float, h: float, frame: _Frame) -> Box:
+    """The chosen one's box (text ``w`` × ``h`` points, with its padding) in ``corner``."""
+    fx, fy, ha, va = corner
+    pad = 0.3 * CHOSEN_FONT + 1.0
+    x = fx * frame.width + (-CORNER_INSET if fx > 0.5 else CORNER_INSET)
+    y = fy * frame.height + {"bottom": CORNER_INSET, "top": -CORNER_INSET}.get(va, 0.0)
+    x0 = x - w if ha == "right" else x
+    y0 = {"bottom": y, "top": y - h}.get(va, y - h / 2)
+    return (x0 - pad, y0 - pad, x0 + w + pad, y0 + h + pad)
+
+
+def _chosen_room(
+    marks: _PlanMarks,
+    xlim: tuple[float, float],
+    top_cost: float,
+    size: tuple[float, float],
+    box: tuple[float, float],
+) -> tuple[float, Corner | None]:
+    """The top of the y axis and the corner for the chosen one's box (``box``: its text's
+    width and height in points; (0, 0): no box): the first corner that covers nothing, with
+    the usual room above the dearest point or, failing that, with room for the box made
+    above it; else the corner that covers least."""
+    top = top_cost * 1.2 if top_cost > 0 else 1.0  # a profile that prices nothing: $0
+    if box == (0.0, 0.0):
+        return top, None
+    roomy = top_cost / max(1.0 - (box[1] + 5 * CORNER_INSET) / size[1], 0.3)
+    best: tuple[float, float, Corner] | None = None
+    for y_hi in (top, max(top, roomy)):
+        frame = marks.frame(xlim, (0.0, y_hi), size)
+        scores = [frame.cost(_corner_box(c, *box, frame)) for c in CORNERS]
+        i = _first_best(scores)
+        if best is None or scores[i] < best[1] - 1.0:
+            best = (y_hi, scores[i], CORNERS[i])
+        if scores[i] <= 1.0:
+            break
+    assert best is not None
+    return best[0], best[2]
+
+
+def _rank_groups(
+    points: Sequence[tuple[float, float, int, bool]], frame: _Frame
+) -> list[list[tuple[float, float, int, bool]]]:
+    """Ranked points (x, y, rank, chosen) whose markers sit on one another, grouped (a centre
+    under the other's marker, through chains), by rank: each group gets one label."""
+    groups: list[list[tuple[float, float, int, bool]]] = []
+    for p in points:
+        px, py = frame.pt(p[0], p[1])
+        near = []
+        for g in groups:
+            for q in g:
+                qx, qy = frame.pt(q[0], q[1])
+                reach = MERGE_WITHIN["chosen" if p[3] or q[3] else "ranked"]
+                if math.hypot(px - qx, py - qy) < reach:
+                    near.append(g)
+                    break
+        merged = [p]
+        for g in near:
+            merged += g
+            groups.remove(g)
+        groups.append(sorted(merged, key=lambda q: q[2]))
+    return sorted(groups, key=lambda g: g[0][2])
+
+
+def _place_rank_labels(
+    ax: Axes, points: Sequence[tuple[float, float, int, bool]], frame: _Frame
+) -> None:
+    """One bold label per group of coincident ranked points ("#3"; "#1, #2" for two on one
+    another), on the side of the group (right first, then above, below, left) where it covers
+    the fewest markers, lines and labels and stays in the axes; each label placed becomes an
+    obstacle for the next."""
+    for group in _rank_groups(points, frame):
+        text = ", ".join(f"#{rank}" for _, _, rank, _ in group)
+        w, h = _text_size(text, RANK_FONT, bold=True)
+        boxes = []
+        for x, y, _, chosen in group:
+            r = MARKER_R["chosen" if chosen else "ranked"]
+            px, py = frame.pt(x, y)
+            boxes.append((px - r, py - r, px + r, py + r))
+        x0, y0 = min(b[0] for b in boxes), min(b[1] for b in boxes)
+        x1, y1 = max(b[2] for b in boxes), max(b[3] for b in boxes)
+        cx, cy, gap = (x0 + x1) / 2, (y0 + y1) / 2, 2.0
+        spots = [  # the label's lower left corner, in order of preference
+            (x1 + gap, cy - h / 2),  # right
+            (x1 - 2, y1),  # upper right
+            (cx - w / 2, y1 + gap),  # above
+            (x1 - 2, y0 - h),  # lower right
+            (cx - w / 2, y0 - gap - h),  # below
+            (x0 - gap - w, cy - h / 2),  # left
+            (x0 + 2 - w, y1),  # upper left
+            (x0 + 2 - w, y0 - h),  # lower left
+        ]
+        own = [frame.pt(x, y) for x, y, _, _ in group]
+        scores = [
+            frame.cost((x, y, x + w, y + h)) + frame.crowding((x, y, x + w, y + h), own)
+            for x, y in spots
+        ]
+        sx, sy = spots[_first_best(scores)]
+        ax_, ay = own[0]
+        # a leader line from the label's nearest point to the marker's edge: a point or two
+        # beside the marker, a line that ties it to its marker wherever it had to go
+        relpos = (min(max((ax_ - sx) / w, 0.0), 1.0), min(max((ay - sy) / h, 0.0), 1.0))
+        ax.annotate(
+            text,
+            (group[0][0], group[0][1]),
+            xytext=(sx - ax_, sy - ay),
+            textcoords="offset points",
+            ha="left",
+            va="bottom",
+            fontsize=RANK_FONT,
+            fontweight="bold",
+            arrowprops={
+                "arrowstyle": "-",
+                "color": "#555555",
+                "lw": 0.7,
+                "relpos": relpos,
+                "shrinkA": 1.0,
+                "shrinkB": MARKER_R["chosen" if group[0][3] else "ranked"],
+            },
+            zorder=8,
+        )
+        frame.obstacles.append(((sx - 1, sy - 1, sx + w + 1, sy + h + 1), 1.0))
+
+
+def _chosen_box(ax: Axes, text: str, xy: tuple[float, float], corner: Corner) -> None:
+    """The chosen one's configuration and figures in a box in ``corner`` of the axes (inset:
+    it stays inside them whatever the data), joined to its star by a line."""
+    fx, fy, ha, va = corner
+    inset = ScaledTranslation(
+        (-CORNER_INSET if fx > 0.5 else CORNER_INSET) / 72,
+        {"bottom": CORNER_INSET, "top": -CORNER_INSET}.get(va, 0.0) / 72,
+        ax.figure.dpi_scale_trans,
+    )
+    ax.annotate(
+        text,
+        xy,
+        xytext=(fx, fy),
+        textcoords=ax.transAxes + inset,
+        fontsize=CHOSEN_FONT,
+        fontweight="bold",
+        ha=ha,
+        va=va,
+        multialignment="left",
+        arrowprops={"arrowstyle": "-", "color": "#444444", "lw": 0.9},
+        bbox={
+            "boxstyle": "round,pad=0.3",
+            "facecolor": "#fff3e0",
+            "edgecolor": CHOSEN_COLOUR,
+            "alpha": 0.95,
+        },
+        zorder=8,
+    )
+
+
 def cost_capacity_frontier(ax: Axes, plan: Mapping[str, Any]) -> None:
     """The plan's configurations by cost ($/hour at the target rate) and capacity. Ranked
-    configurations at their maximum sustainable rate (the chosen one a large star, labelled),
-    the Pareto frontier through them as a step line; other evaluated ones, whose capacity is
-    only known to be above (feasible) or below (infeasible) the target, as arrows at the
-    target line; configurations pruned as implied infeasible faintly, at their fixed cost."""
+    configurations at their maximum sustainable rate (the chosen one a large star, its
+    configuration in a box in a corner where nothing is drawn), the Pareto frontier through
+    them as a step line; other evaluated ones, whose capacity is only known to be above
+    (feasible) or below (infeasible) the target, as arrows at the target line; configurations
+    pruned as implied infeasible faintly, at their fixed cost. Ranked points on top of one
+    another share one label ("#1, #2"); configuration labels are wrapped between settings and
+    the legend takes as many columns as fit."""
     target = _num(plan.get("target_rps"))
     peak = _num(plan.get("peak_rps"))
     ranked = sorted(
@@ -794,11 +1120,13 @@ def cost_capacity_frontier(ax: Axes, plan: Mapping[str, Any]) -> None:
     left = ScaledTranslation(-9 / 72, 0, fig.dpi_scale_trans)
     costs: list[float] = []
     xs: list[float] = [target, peak]
+    at_target: list[tuple[Sequence[float], float, float]] = []  # as in _PlanMarks
 
     pruned = _candidates(plan, "pruned-monotone")
     if pruned:
         ys = [_num(c.get("fixed_usd_per_hour")) for c in pruned]
         costs += ys
+        at_target.append((ys, -18.0, MARKER_R["pruned"]))
         ax.plot(
             [target] * len(ys),
             ys,
@@ -815,6 +1143,7 @@ def cost_capacity_frontier(ax: Axes, plan: Mapping[str, Any]) -> None:
     if infeasible:
         ys = [_num(c.get("usd_per_hour")) for c in infeasible]
         costs += ys
+        at_target.append((ys, -9.0, MARKER_R["arrow"]))
         ax.plot(
             [target] * len(ys),
             ys,
@@ -832,6 +1161,7 @@ def cost_capacity_frontier(ax: Axes, plan: Mapping[str, Any]) -> None:
     if unranked:
         ys = [_num(c.get("usd_per_hour")) for c in unranked]
         costs += ys
+        at_target.append((ys, 9.0, MARKER_R["arrow"]))
         ax.plot(
             [target] * len(ys),
             ys,
@@ -862,28 +1192,19 @@ def cost_capacity_frontier(ax: Axes, plan: Mapping[str, Any]) -> None:
             zorder=5,
             label=f"ranked ({len(points)}): at their max sustainable rate",
         )
-        for c, (x, y) in zip(ranked, points, strict=True):
-            if math.isfinite(x) and math.isfinite(y):
-                big = c.get("config") == plan.get("chosen")  # under a large star
-                # the chosen one's on its left, clear of the next ranks (dearer: up and right)
-                ax.annotate(
-                    f"#{int(c['rank'])}",
-                    (x, y),
-                    xytext=(-13, 5) if big else (7, 4),
-                    textcoords="offset points",
-                    fontsize=9,
-                    fontweight="bold",
-                    zorder=8,
-                    ha="right" if big else "left",
-                )
     finite_x = [x for x in xs if math.isfinite(x)]
     x_lo = min(finite_x, default=0.0) * 0.85
     x_hi = max(finite_x, default=1.0) * 1.12
+    if not x_hi > x_lo:  # one rate of 0, or none
+        x_lo, x_hi = x_lo - 1.0, x_hi + 1.0
+    steps: list[tuple[float, float]] = []
     if frontier:
         # from the target: below it, cheaper infeasible configurations may have more capacity
         start = target if math.isfinite(target) and target < frontier[0][0] else frontier[0][0]
         fx = [start, *(p[0] for p in frontier)]
         fy = [frontier[0][1], *(p[1] for p in frontier)]
+        for i in range(1, len(fx)):  # where="pre": up at the previous corner, then across
+            steps += [(fx[i - 1], fy[i - 1]), (fx[i - 1], fy[i]), (fx[i], fy[i])]
         ax.step(
             fx,
             fy,
@@ -895,11 +1216,14 @@ def cost_capacity_frontier(ax: Axes, plan: Mapping[str, Any]) -> None:
             label="Pareto frontier: cheapest \\$/hour for at least this capacity",
         )
     chosen = next((c for c in ranked if c.get("config") == plan.get("chosen")), None)
+    chosen_xy: tuple[float, float] | None = None
+    box_text = ""
     if chosen is not None:
-        x, y = _num(chosen.get("max_rate_rps")), _num(chosen.get("usd_per_hour"))
+        chosen_xy = (_num(chosen.get("max_rate_rps")), _num(chosen.get("usd_per_hour")))
+        chosen_label = _wrap(f"chosen: {chosen.get('config')}")
         ax.plot(
-            [x],
-            [y],
+            [chosen_xy[0]],
+            [chosen_xy[1]],
             ls="",
             marker="*",
             ms=24,
@@ -907,22 +1231,9 @@ def cost_capacity_frontier(ax: Axes, plan: Mapping[str, Any]) -> None:
             mec="black",
             mew=1.0,
             zorder=7,
-            label=f"chosen: {chosen.get('config')}",
+            label=chosen_label,
         )
-        ax.annotate(
-            f"chosen: {chosen.get('config')}\n{_usd(y)}/hour, max {_fmt_rate(x)}",
-            (x, y),
-            # below and to the right: more capacity for less money, where no point can be
-            xytext=(30, -30),
-            textcoords="offset points",
-            fontsize=9.5,
-            fontweight="bold",
-            ha="left",
-            va="top",
-            arrowprops={"arrowstyle": "-", "color": "#444444", "lw": 0.9},
-            bbox={"boxstyle": "round,pad=0.3", "facecolor": "#fff3e0", "edgecolor": CHOSEN_COLOUR},
-            zorder=8,
-        )
+        box_text = f"{chosen_label}\n{_usd(chosen_xy[1])}/hour, max {_fmt_rate(chosen_xy[0])}"
     if math.isfinite(target):
         ax.axvline(
             target, color="black", ls="--", lw=1.5, zorder=2, label=f"target {_fmt_rate(target)}"
@@ -931,17 +1242,44 @@ def cost_capacity_frontier(ax: Axes, plan: Mapping[str, Any]) -> None:
         ax.axvline(
             peak, color=REFERENCE_COLOUR, ls=":", lw=1.3, zorder=2, label=f"peak {_fmt_rate(peak)}"
         )
+    never = []
+    n_dominated = len(_candidates(plan, "pruned-dominated"))
+    if n_dominated:
+        never.append(f"{n_dominated} above a feasible one")
     n_cost = len(_candidates(plan, "pruned-cost"))
     if n_cost:
-        ax.plot([], [], ls="", label=f"pruned by cost bound, never run: {n_cost}")
-    finite_costs = [c for c in costs if math.isfinite(c)]
-    if not finite_costs:
-        _empty_note(ax, "no configuration was evaluated")
-    else:
-        ax.set_ylim(0, max(finite_costs) * 1.2)
+        never.append(f"{n_cost} by the cost bound")
+    if never:
+        ax.plot([], [], ls="", label=f"pruned, never run: {', '.join(never)}")
     ax.set_xlim(x_lo, x_hi)
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _p: _usd(v)))
     ax.set_title("Cost vs capacity of the evaluated configurations")
     ax.set_xlabel("maximum sustainable rate (req/s; arrows: only known to be above/below target)")
     ax.set_ylabel("cost at the target rate (USD per hour)")
-    _finish(ax, ncol=2)
+
+    # the legend's columns, then the labels, placed on an estimate of the laid-out axes
+    fontsize = FontProperties(size=rcParams["legend.fontsize"]).get_size_in_points()
+    ncol, legend_height = _legend_layout(
+        ax.get_legend_handles_labels()[1], _axes_size(ax, 0.0)[0], fontsize
+    )
+    finite_costs = [c for c in costs if math.isfinite(c)]
+    if not finite_costs:
+        _empty_note(ax, "no configuration was evaluated")
+    else:
+        size = _axes_size(ax, legend_height)
+        marks = _PlanMarks(target, peak, at_target, points, chosen_xy, steps)
+        box = _text_size(box_text, CHOSEN_FONT, bold=True) if box_text else (0.0, 0.0)
+        y_hi, corner = _chosen_room(marks, (x_lo, x_hi), max(finite_costs), size, box)
+        ax.set_ylim(0, y_hi)
+        frame = marks.frame((x_lo, x_hi), (0.0, y_hi), size)
+        if corner is not None:
+            frame.obstacles.append((_corner_box(corner, *box, frame), 1.0))
+        marked = [
+            (x, y, int(c["rank"]), c is chosen)
+            for c, (x, y) in zip(ranked, points, strict=True)
+            if math.isfinite(x) and math.isfinite(y)
+        ]
+        _place_rank_labels(ax, marked, frame)
+        if chosen_xy is not None and corner is not None:
+            _chosen_box(ax, box_text, chosen_xy, corner)
+    _finish(ax, ncol=ncol)

@@ -657,11 +657,13 @@ def _plan_counts(plan: Mapping[str, Any]) -> str:
         else sum(c.get("status") in ("feasible", "infeasible") for c in cands)
     )
     mono = count("pruned_monotone", "pruned-monotone")
+    dominated = count("pruned_dominated", "pruned-dominated")
     cost = count("pruned_cost", "pruned-cost")
     runs = _num(plan.get("runs"))
     text = (
         f"Evaluated {n_eval} of {size} configurations (pruned: {mono} implied infeasible by a "
-        f"smaller configuration that failed, {cost} by the cost bound)"
+        f"smaller configuration that failed, {dominated} above a feasible one and no cheaper, "
+        f"{cost} by the cost bound)"
     )
     if math.isfinite(runs):
         text += f"; {int(runs):,} simulation runs in all"

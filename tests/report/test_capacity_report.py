@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import matplotlib
 import numpy as np
 import pytest
 from matplotlib.axes import Axes
@@ -18,6 +19,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.image import imread
 from matplotlib.lines import Line2D
+from matplotlib.text import Text
+from matplotlib.transforms import Bbox
 from PIL import Image
 
 from ragstress.capacity import SearchSettings, parse_set
@@ -33,9 +36,11 @@ from ragstress.report.capacity_charts import (
 )
 from ragstress.report.capacity_report import (
     load_sweep,
+    plan_charts,
     render_capacity_chart,
     sweep_charts,
 )
+from ragstress.report.charts import CHART_STYLE
 from ragstress.results.store import ResultsError
 
 # c = 1 or 2 servers, exponential service with mean 0.1 s: capacity 10 or 20 req/s; priced,
@@ -384,6 +389,61 @@ def test_frontier_chart_highlights_the_chosen_configuration() -> None:
     assert ax.get_xlabel().startswith("maximum sustainable rate (req/s")
 
 
+def _long_coincident_plan() -> dict[str, Any]:
+    """The plan with longer configuration labels, ranks #1 and #2 on one point (same cost,
+    same capacity) and pruned-dominated configurations, as the self-hosted plan has them."""
+    plan = json.loads(json.dumps(plan_document()).replace("model=", "generate.max_num_seqs_model="))
+    ranked = {c["rank"]: c for c in plan["candidates"] if c["rank"]}
+    ranked[2].update(max_rate_rps=ranked[1]["max_rate_rps"], usd_per_hour=ranked[1]["usd_per_hour"])
+    for c in plan["candidates"][-5:]:
+        c["status"] = "pruned-dominated"
+    return plan
+
+
+def _inside(box: Bbox, outer: Bbox, slack: float = 1.0) -> bool:
+    """Whether ``box`` lies within ``outer`` (pixels, ``slack`` of rounding allowed)."""
+    return bool(
+        outer.x0 - slack <= box.x0
+        and box.x1 <= outer.x1 + slack
+        and outer.y0 - slack <= box.y0
+        and box.y1 <= outer.y1 + slack
+    )
+
+
+@pytest.mark.parametrize(
+    "plan", [plan_document(), _long_coincident_plan()], ids=["fixture", "long"]
+)
+def test_frontier_chart_keeps_every_text_inside_the_figure(plan: dict[str, Any]) -> None:
+    chart = plan_charts(plan)[0]
+    with matplotlib.rc_context(CHART_STYLE):  # as render_capacity_chart draws it
+        fig = Figure(figsize=chart.size, dpi=110, layout="constrained")
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot()
+        chart.draw(ax)
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        legend = ax.get_legend()
+        assert legend is not None
+        texts: list[Text] = [ax.title, ax.xaxis.label, ax.yaxis.label, *legend.get_texts()]
+        for text in [*texts, *ax.texts]:
+            assert _inside(text.get_window_extent(renderer), fig.bbox), text.get_text()
+        for text in ax.texts:  # the rank labels and the chosen one's box: inside the axes
+            patch = text.get_bbox_patch()
+            box = (patch or text).get_window_extent(renderer)
+            assert _inside(box, ax.bbox), text.get_text()
+        # the plot takes the figure's width; the legend fits under it
+        assert ax.bbox.width > 0.8 * fig.bbox.width
+        assert legend.get_window_extent(renderer).x0 >= fig.bbox.x0
+    labels = [t.get_text() for t in ax.texts]
+    if plan["candidates"][-1]["status"] == "pruned-dominated":
+        assert "#1, #2" in labels  # one label for the two ranks on one point
+        assert "#1" not in labels
+        assert "#3" in labels
+    # the chosen one's box: its configuration wrapped between settings
+    (box_text,) = [t for t in labels if t.startswith("chosen:")]
+    assert all(len(line) <= 45 for line in box_text.splitlines())
+
+
 def test_plan_report(plan_dir: Path) -> None:
     written = write_report(plan_dir)
     names = ["cost_vs_capacity"]
@@ -400,8 +460,8 @@ def test_plan_report(plan_dir: Path) -> None:
     plan = plan_document()
     assert (
         f"Evaluated 9 of 40 configurations (pruned: {plan['pruned_monotone']} implied "
-        f"infeasible by a smaller configuration that failed, {plan['pruned_cost']} by the cost "
-        "bound); 57 simulation runs in all." in text
+        "infeasible by a smaller configuration that failed, 0 above a feasible one and no "
+        f"cheaper, {plan['pruned_cost']} by the cost bound); 57 simulation runs in all." in text
     )
     assert "generate.replicas=6 model=small retrieve.replicas=2 (chosen)" in text
     assert "531 req/s" in text  # the chosen one's max rate ...
