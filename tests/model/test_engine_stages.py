@@ -281,7 +281,13 @@ def test_cost_of_a_small_run_matches_the_hand_computation_to_the_cent() -> None:
         100,
     )
     assert summary["answered"] == 3300
-    assert summary["cost_usd_per_1k_answers"] == pytest.approx(1000 * 1.98335 / 3300)
+    # per answer: the per-call charges over the 3,300 answers, the fixed $1.40 (2 replicas ×
+    # $0.70 × 1 h) over the 3,299 answers finished inside the hour (the last one ends after)
+    finish = result.requests["arrival_s"] + result.requests["latency_s"]
+    assert int((result.answered() & (finish < 3600)).sum()) == 3299
+    assert summary["cost_usd_per_1k_answers"] == pytest.approx(
+        1000 * (0.58335 / 3300 + 1.40 / 3299)
+    )
     assert math.isclose(result.requests["generate_cost_usd"].sum(), 0.22335, abs_tol=1e-12)
 
 
