@@ -99,6 +99,15 @@ def _compose(*decorators: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return apply
 
 
+_QUIET_OPTION = click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
+
+
+def _out_option(help_text: str) -> Callable[[Any], Any]:
+    return click.option(
+        "--out", "-o", type=click.Path(path_type=Path), required=True, help=help_text
+    )
+
+
 _SEARCH_OPTIONS = _compose(
     click.option(
         "--tolerance",
@@ -170,17 +179,11 @@ def main() -> None:
 @main.command()
 @click.argument("scenario", type=click.Path(path_type=Path))
 @_PROFILE_OPTION
-@click.option(
-    "--out",
-    "-o",
-    type=click.Path(path_type=Path),
-    required=True,
-    help="Run folder to write (manifest.json, requests.csv, summary.json, ...).",
-)
+@_out_option("Run folder to write (manifest.json, requests.csv, summary.json, ...).")
 @click.option(
     "--seed", type=click.IntRange(min=0), default=None, help="Override the scenario's seed."
 )
-@click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
+@_QUIET_OPTION
 def simulate(scenario: Path, profile: Path, out: Path, seed: int | None, quiet: bool) -> None:
     """Simulate SCENARIO against a profile with the discrete-event model."""
     from ragstress.api import simulate_files
@@ -222,14 +225,8 @@ def simulate(scenario: Path, profile: Path, out: Path, seed: int | None, quiet: 
     help="Skip the maximum-sustainable-rate search (the knee still comes from the grid).",
 )
 @_RUNNER_OPTIONS
-@click.option(
-    "--out",
-    "-o",
-    type=click.Path(path_type=Path),
-    required=True,
-    help="Folder to write sweep.csv, capacity.csv and their JSON into.",
-)
-@click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
+@_out_option("Folder to write sweep.csv, capacity.csv and their JSON into.")
+@_QUIET_OPTION
 def sweep(
     *,
     scenario: Path,
@@ -347,14 +344,8 @@ def _headroom(text: str) -> float:
 )
 @_SEARCH_OPTIONS
 @_RUNNER_OPTIONS
-@click.option(
-    "--out",
-    "-o",
-    type=click.Path(path_type=Path),
-    required=True,
-    help="Folder to write plan.json and plan.csv into.",
-)
-@click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
+@_out_option("Folder to write plan.json and plan.csv into.")
+@_QUIET_OPTION
 def plan(
     *,
     scenario: Path,
