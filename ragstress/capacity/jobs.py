@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +143,7 @@ def plan_document(plan: Plan, scenario: Scenario, profile: Profile) -> dict[str,
         "headroom": settings.headroom,
         "target_rps": settings.target_rps,
         "top": settings.top,
+        "batch": settings.batch,
         "search": asdict(settings.search),
         "knobs": [
             {
@@ -172,13 +173,9 @@ def run_plan_job(
     workers: int | None = None,
     executor: Executor | None = None,
 ) -> Plan:
-    """Plan (see :mod:`.planner`) and write ``plan.json`` and ``plan.csv``. Configurations
-    are probed ``workers // replications`` at a time (at least one)."""
+    """Plan (see :mod:`.planner`) and write ``plan.json`` and ``plan.csv``."""
     with PointRunner(scenario, profile, workers=workers, executor=executor) as runner:
-        batch = max(1, runner.workers // settings.search.replications)
-        if executor is not None:
-            batch = max(batch, 4)  # a cluster has more workers than this machine's CPUs
-        plan = make_plan(runner, scenario, profile, replace(settings, batch=batch))
+        plan = make_plan(runner, scenario, profile, settings)
     folder = Path(out)
     write_atomic(folder / PLAN_JSON, json_bytes(plan_document(plan, scenario, profile)))
     rows = ([c.row()[name] for name in PLAN_COLUMNS] for c in plan.candidates)

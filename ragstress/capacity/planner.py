@@ -22,9 +22,11 @@ does; the planner prunes instead, with rules that never change the answer:
 Each evaluation is a probe of :mod:`.search` at ``peak × (1 + headroom)``: replications added
 while the 95 % interval of the mean SLO ratio straddles 1. ``batch`` configurations are probed
 side by side (the most informative ones), so a pool of workers stays busy; a bigger batch may
-run a configuration a smaller one would have skipped. The ranking lists the cheapest feasible
-configurations of the frontier (those not above another feasible one), each with its maximum
-sustainable rate searched. Pure apart from what the runner simulates.
+run a configuration a smaller one would have skipped, never choose differently. The batch is a
+setting, not the number of workers, so the same plan comes out on any machine or cluster.
+The ranking lists the cheapest feasible configurations of the frontier (those not above
+another feasible one), each with its maximum sustainable rate searched. Pure apart from what
+the runner simulates.
 """
 
 from __future__ import annotations
@@ -54,7 +56,9 @@ class PlanSettings:
     headroom: float = 0.2
     top: int = 3
     search: SearchSettings = field(default_factory=SearchSettings)
-    batch: int = 1  # configurations evaluated side by side
+    # configurations probed side by side: part of the plan's definition, not of the machine,
+    # so a plan gives the same result serially, in local processes and on Dask
+    batch: int = 4
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.peak_rps) and self.peak_rps > 0):
@@ -65,6 +69,8 @@ class PlanSettings:
             )
         if self.top < 1:
             raise ConfigError([f"--top: got {self.top} (allowed: 1 or more)"])
+        if self.batch < 1:
+            raise ConfigError([f"--batch: got {self.batch} (allowed: 1 or more)"])
 
     @property
     def target_rps(self) -> float:

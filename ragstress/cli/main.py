@@ -342,6 +342,14 @@ def _headroom(text: str) -> float:
     show_default=True,
     help="Feasible configurations to rank (each gets its maximum sustainable rate searched).",
 )
+@click.option(
+    "--batch",
+    type=click.IntRange(min=1),
+    default=4,
+    show_default=True,
+    help="Configurations probed side by side: more keeps a big cluster busy but may run "
+    "configurations a smaller batch would skip; it never changes the choice.",
+)
 @_SEARCH_OPTIONS
 @_RUNNER_OPTIONS
 @_out_option("Folder to write plan.json and plan.csv into.")
@@ -353,6 +361,7 @@ def plan(
     peak: float,
     headroom: str,
     top: int,
+    batch: int,
     tolerance: float,
     probe_replications: int,
     max_probe_replications: int,
@@ -376,7 +385,9 @@ def plan(
         search = SearchSettings(
             tolerance, probe_replications, max_probe_replications, sc.seed if seed is None else seed
         )
-        settings = PlanSettings(peak_rps=peak, headroom=fraction, top=top, search=search)
+        settings = PlanSettings(
+            peak_rps=peak, headroom=fraction, top=top, search=search, batch=batch
+        )
         if not quiet:
             click.echo(
                 f"planning for {settings.target_rps:.4g} req/s ({peak:g} peak + {fraction:.0%})",

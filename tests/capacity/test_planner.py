@@ -185,7 +185,7 @@ def test_points_carry_each_configurations_overrides() -> None:
             ]
 
     profile = Profile.model_validate(PROFILE)
-    settings = PlanSettings(peak_rps=40.0, headroom=0.25, search=SEARCH)
+    settings = PlanSettings(peak_rps=40.0, headroom=0.25, search=SEARCH, batch=1)
     plan = make_plan(Recording(), SCENARIO, profile, settings)
     assert plan.chosen is None
     assert {p.rate_rps for p in seen} == {50.0}
