@@ -18,6 +18,9 @@ from click.testing import CliRunner
 
 from ragstress.capacity import dask_backend, parse_set, plan_points, run_sweep
 from ragstress.capacity.dask_backend import dask_executor
+from ragstress.capacity.jobs import run_plan_job
+from ragstress.capacity.planner import PlanSettings
+from ragstress.capacity.search import SearchSettings
 from ragstress.cli import main
 from ragstress.config import ConfigError, Profile, Scenario
 
@@ -155,7 +158,7 @@ def test_cli_dask_writes_the_same_files_as_a_serial_run(
     code, output = _sweep(files, tmp_path / "dask", *flags, "--dask", scheduler)
     assert code == 0, output
     assert "8 runs" in output
-    for name in ("sweep.csv", "sweep.json"):
+    for name in ("sweep.csv", "sweep.json", "capacity.csv"):
         assert (tmp_path / "dask" / name).read_bytes() == (tmp_path / "local" / name).read_bytes()
 
 
@@ -218,3 +221,28 @@ def test_missing_distributed_names_the_extra(monkeypatch: pytest.MonkeyPatch) ->
     ):
         pass
     assert err.value.problems == ["--dask: needs the 'dask' extra: pip install 'ragstress[dask]'"]
+
+
+def test_plan_on_dask_equals_the_serial_plan(scheduler: str, tmp_path: Path) -> None:
+    profile = Profile.model_validate(
+        {
+            **PROFILE.model_dump(mode="json"),
+            "knobs": [
+                {"key": "stages.work.replicas", "values": [1, 2, 3, 4, 5, 6], "monotone": True}
+            ],
+        }
+    )
+    scenario = SCENARIO.model_copy(update={"duration_s": 60.0})
+    settings = PlanSettings(
+        peak_rps=20.0,
+        headroom=0.2,
+        top=2,
+        search=SearchSettings(tolerance=0.1, replications=2, max_replications=4, seed=3),
+    )
+    local = run_plan_job(scenario, profile, settings, tmp_path / "local", workers=1)
+    with dask_executor(scheduler) as executor:
+        run_plan_job(scenario, profile, settings, tmp_path / "dask", executor=executor)
+    assert local.chosen is not None
+    assert local.evaluated < 6  # not vacuous: the planner pruned
+    for name in ("plan.json", "plan.csv"):
+        assert (tmp_path / "dask" / name).read_bytes() == (tmp_path / "local" / name).read_bytes()
