@@ -22,34 +22,14 @@ from ragstress.capacity.jobs import run_plan_job
 from ragstress.capacity.planner import PlanSettings
 from ragstress.capacity.search import SearchSettings
 from ragstress.cli import main
-from ragstress.config import ConfigError, Profile, Scenario
+from ragstress.config import ConfigError, Profile
+from tests.builders import mmc_profile, poisson_scenario
 
 distributed = pytest.importorskip("distributed")
 
 # One pool stage: c = 2 servers, exponential service with mean 0.1 s (as in test_sweep.py).
-PROFILE = Profile.model_validate(
-    {
-        "name": "mmc",
-        "stages": [
-            {
-                "kind": "pool",
-                "name": "work",
-                "concurrency": 2,
-                "service": {"kind": "exponential", "mean": 0.1},
-            }
-        ],
-    }
-)
-SCENARIO = Scenario.model_validate(
-    {
-        "name": "tiny",
-        "duration_s": 20,
-        "warmup_s": 2,
-        "seed": 11,
-        "arrivals": {"kind": "poisson", "rate": 1},
-        "slo": {"latency_s": {"p95": 0.5}},
-    }
-)
+PROFILE = mmc_profile(servers=2, mean_s=0.1)
+SCENARIO = poisson_scenario(duration_s=20, warmup_s=2, seed=11, slo={"latency_s": {"p95": 0.5}})
 
 SCENARIO_YAML = """\
 name: tiny

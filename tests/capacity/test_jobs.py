@@ -8,32 +8,14 @@ from pathlib import Path
 
 from ragstress.capacity import SearchSettings, parse_set
 from ragstress.capacity.jobs import run_sweep_job
-from ragstress.config import Profile, Scenario
+from ragstress.config import Scenario
 from ragstress.results import read_run
+from tests.builders import mmc_profile, poisson_scenario
 
 # c = 1 or 2 servers, exponential service with mean 0.1 s: capacity 10 or 20 req/s.
-PROFILE = Profile.model_validate(
-    {
-        "name": "mmc",
-        "stages": [
-            {
-                "kind": "pool",
-                "name": "work",
-                "concurrency": 2,
-                "service": {"kind": "exponential", "mean": 0.1},
-            }
-        ],
-    }
-)
-SCENARIO = Scenario.model_validate(
-    {
-        "name": "tiny",
-        "duration_s": 60,
-        "warmup_s": 5,
-        "seed": 3,
-        "arrivals": {"kind": "poisson", "rate": 5},
-        "slo": {"latency_s": {"p95": 0.6}},
-    }
+PROFILE = mmc_profile(servers=2, mean_s=0.1)
+SCENARIO = poisson_scenario(
+    duration_s=60, warmup_s=5, seed=3, rate=5, slo={"latency_s": {"p95": 0.6}}
 )
 SEARCH = SearchSettings(tolerance=0.05, replications=2, max_replications=4)
 

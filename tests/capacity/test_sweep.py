@@ -13,33 +13,13 @@ import pytest
 from ragstress.capacity import parse_set, plan_points, run_point, run_sweep, write_sweep
 from ragstress.capacity.sweep import COLUMNS, SweepPoint, columns, config_label
 from ragstress.config import ConfigError, Profile, Scenario
+from tests.builders import mmc_profile, poisson_scenario
 
 STAGE_COLUMNS = ["work_wait_mean_s", "work_service_mean_s", "work_utilisation", "work_mean_queue"]
 
 # One pool stage: c = 2 servers, exponential service with mean 0.1 s → capacity 20 req/s.
-PROFILE = Profile.model_validate(
-    {
-        "name": "mmc",
-        "stages": [
-            {
-                "kind": "pool",
-                "name": "work",
-                "concurrency": 2,
-                "service": {"kind": "exponential", "mean": 0.1},
-            }
-        ],
-    }
-)
-SCENARIO = Scenario.model_validate(
-    {
-        "name": "tiny",
-        "duration_s": 20,
-        "warmup_s": 2,
-        "seed": 11,
-        "arrivals": {"kind": "poisson", "rate": 1},
-        "slo": {"latency_s": {"p95": 0.5}},
-    }
-)
+PROFILE = mmc_profile(servers=2, mean_s=0.1)
+SCENARIO = poisson_scenario(duration_s=20, warmup_s=2, seed=11, slo={"latency_s": {"p95": 0.5}})
 
 
 def _canon(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -25,7 +25,7 @@ from PIL import Image
 
 from ragstress.capacity import SearchSettings, parse_set
 from ragstress.capacity.jobs import run_sweep_job
-from ragstress.config import Profile, Scenario
+from ragstress.config import Scenario
 from ragstress.report import write_capacity_report, write_report
 from ragstress.report.capacity_charts import (
     ConfigCurve,
@@ -42,23 +42,11 @@ from ragstress.report.capacity_report import (
 )
 from ragstress.report.charts import CHART_STYLE
 from ragstress.results.store import ResultsError
+from tests.builders import mmc_profile
 
 # c = 1 or 2 servers, exponential service with mean 0.1 s: capacity 10 or 20 req/s; priced,
 # so the cost chart has something to show.
-PROFILE = Profile.model_validate(
-    {
-        "name": "mmc",
-        "stages": [
-            {
-                "kind": "pool",
-                "name": "work",
-                "concurrency": 2,
-                "service": {"kind": "exponential", "mean": 0.1},
-                "price": {"per_replica_hour_usd": 3.0},
-            }
-        ],
-    }
-)
+PROFILE = mmc_profile(servers=2, mean_s=0.1, price={"per_replica_hour_usd": 3.0})
 SCENARIO: dict[str, Any] = {
     "name": "tiny",
     "duration_s": 40,

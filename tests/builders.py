@@ -1,0 +1,46 @@
+"""Small configurations the tests build again and again: one M/M/c pool, a Poisson scenario."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ragstress.config import Profile, Scenario
+
+__all__ = ["mmc_profile", "poisson_scenario"]
+
+
+def mmc_profile(
+    servers: int = 2, mean_s: float = 0.1, stage: str = "work", **fields: Any
+) -> Profile:
+    """One pool stage ``stage``: ``servers`` servers, exponential service with mean
+    ``mean_s`` (capacity servers / mean_s req/s); ``fields`` add stage keys (price, …)."""
+    return Profile.model_validate(
+        {
+            "name": "mmc",
+            "stages": [
+                {
+                    "kind": "pool",
+                    "name": stage,
+                    "concurrency": servers,
+                    "service": {"kind": "exponential", "mean": mean_s},
+                    **fields,
+                }
+            ],
+        }
+    )
+
+
+def poisson_scenario(
+    *, duration_s: float, warmup_s: float, seed: int, rate: float = 1.0, **fields: Any
+) -> Scenario:
+    """Poisson arrivals at ``rate`` req/s; ``fields`` add scenario keys (slo, faults, …)."""
+    return Scenario.model_validate(
+        {
+            "name": "tiny",
+            "duration_s": duration_s,
+            "warmup_s": warmup_s,
+            "seed": seed,
+            "arrivals": {"kind": "poisson", "rate": rate},
+            **fields,
+        }
+    )
