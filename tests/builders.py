@@ -1,12 +1,19 @@
-"""Small configurations the tests build again and again: one M/M/c pool, a Poisson scenario."""
+"""Small configurations the tests build again and again: one M/M/c pool, a Poisson scenario,
+the reference stack's profile and a small corpus for it."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from ragstress.config import Profile, Scenario
+from ragstress.reference.settings import CorpusSettings
 
-__all__ = ["mmc_profile", "poisson_scenario"]
+__all__ = ["REFERENCE_PROFILE", "TEST_CORPUS", "mmc_profile", "poisson_scenario"]
+
+REFERENCE_PROFILE = Path(__file__).resolve().parents[1] / "profiles" / "reference.yaml"
+# 40 documents of 64-token chunks: ~300 chunks, embedded in a few seconds.
+TEST_CORPUS = CorpusSettings(documents=40, seed=7, chunk_tokens=64)
 
 
 def mmc_profile(

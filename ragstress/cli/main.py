@@ -516,3 +516,13 @@ def format_summary(summary: dict[str, Any]) -> str:
         rows.append((f"SLO {row['objective']}", value))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+
+
+def _register_commands() -> None:
+    # Commands that live in their own modules (they import main's helpers lazily).
+    from ragstress.cli.serve import serve
+
+    main.add_command(serve)
+
+
+_register_commands()
