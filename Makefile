@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint typecheck unit bench clean
+.PHONY: demo test lint typecheck unit bench bench-reference clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,10 @@ test: lint typecheck unit
 bench: $(VENV)/.installed-run
 	$(BIN)/python benchmarks/model_speed.py
 	$(BIN)/python benchmarks/sweep_speed.py
+
+# The reference stack's start-up, per-stage and capacity figures (about 6 minutes).
+bench-reference: $(VENV)/.installed-run
+	$(BIN)/python benchmarks/reference_stack.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
