@@ -37,13 +37,14 @@ SUMMARY = "summary.json"
 
 # Integer counts, read back as int64: request columns and per-interval time-series counts
 _INT_COLUMNS = frozenset(
-    {"id", "attempts", "tokens_in", "tokens_out", "in_flight", "arrivals"}
+    {"id", "attempts", "tokens_in", "tokens_out", "in_flight", "arrivals", "status"}
     | {f"completed_{name}" for name in OUTCOMES}
 )
 # per stage: calls sent per request (``<stage>_attempts``); in the time series, calls sent and
 # served per interval and calls queued and in service per sample
 _INT_SUFFIXES = ("_attempts", "_sent", "_served", "_queue", "_busy")
-_STR_COLUMNS = frozenset({"outcome"})
+# ``error``: a measured request's error message (the driver's requests.csv)
+_STR_COLUMNS = frozenset({"outcome", "error"})
 
 
 class ResultsError(Exception):
