@@ -520,9 +520,12 @@ def format_summary(summary: dict[str, Any]) -> str:
 
 def _register_commands() -> None:
     # Commands that live in their own modules (they import main's helpers lazily).
+    from ragstress.cli.chaos import chaos
+    from ragstress.cli.run import run
     from ragstress.cli.serve import serve
 
-    main.add_command(serve)
+    for command in (serve, run, chaos):
+        main.add_command(command)
 
 
 _register_commands()

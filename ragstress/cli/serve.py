@@ -98,6 +98,18 @@ def _raise_stop(signum: int, _frame: FrameType | None) -> None:
     show_default=True,
     help="onnxruntime threads of the embedder.",
 )
+@click.option(
+    "--chaos",
+    is_flag=True,
+    help="Put the fault-injecting proxy between the gateway and its embedder and LLM "
+    "(stages embed and generate), so `ragstress run --chaos URL` can play a scenario's faults.",
+)
+@click.option(
+    "--chaos-control-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Port of the proxy's control API [default: a free port].",
+)
 def serve(
     *,
     profile: Path,
@@ -114,6 +126,8 @@ def serve(
     data_dir: Path | None,
     cpus: str | None,
     embed_threads: int,
+    chaos: bool,
+    chaos_control_port: int | None,
 ) -> None:
     """Start the reference RAG stack: gateway, embedder, pgvector and an LLM endpoint.
 
@@ -138,6 +152,8 @@ def serve(
             raise UserError(f"--cpus {cpus}: {exc}") from None
     if llm_api_key_env is not None and llm_url is None:
         raise UserError("--llm-api-key-env: only with --llm-url")
+    if chaos_control_port is not None and not chaos:
+        raise UserError("--chaos-control-port: only with --chaos")
     options = StackOptions(
         profile=loaded,
         data_dir=data_dir or _default_data_dir(),
@@ -151,6 +167,8 @@ def serve(
         corpus=CorpusSettings(documents=corpus_size, seed=corpus_seed, chunk_tokens=chunk_tokens),
         cpus=pinned,
         embed_threads=embed_threads,
+        chaos=chaos,
+        chaos_control_port=chaos_control_port,
     )
 
     def say(message: str) -> None:

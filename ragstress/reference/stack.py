@@ -2,8 +2,10 @@
 
 Start order: PostgreSQL (embedded, unless a DSN is given) → embedder and LLM service (both
 started, then both waited for, since the embedder's model load is the slow part) → corpus
-(built through the embedder, or reused) → gateway. Stop order is the reverse, so the gateway
-stops taking requests before its dependencies go away.
+(built through the embedder, or reused) → with ``chaos``, the fault-injecting proxy in front
+of the embedder (stage ``embed``) and the LLM (stage ``generate``) → gateway, which then calls
+its dependencies through the proxy. Stop order is the reverse, so the gateway stops taking
+requests before its dependencies go away.
 
 ``ReferenceStack`` is a context manager; ``ragstress serve``, the tests and the demo all use
 it, and whatever it started it stops — on exit, on an exception, on a failed start.
@@ -59,23 +61,37 @@ class StackOptions:
     cpus: frozenset[int] | None = None
     embed_threads: int = 1
     startup_timeout_s: float = 120.0
+    # Put the chaos proxy between the gateway and its embedder and LLM (``ragstress run``
+    # then plays the scenario's faults there); its control API on chaos_control_port.
+    chaos: bool = False
+    chaos_control_port: int | None = None
+    seed: int = 0
 
 
 @dataclass(frozen=True)
 class StackUrls:
     gateway: str
-    embed: str
+    embed: str  # the embedder itself (the gateway may call it through the proxy)
     llm: str
     pg_dsn: str
+    chaos_control: str | None = None
+    chaos_listeners: dict[str, str] = field(default_factory=dict)  # stage → proxy URL
 
     def lines(self) -> list[str]:
-        return [
+        out = [
             f"gateway   {self.gateway}/v1/rag   (health {self.gateway}/healthz, "
             f"metrics {self.gateway}/metrics)",
             f"embedder  {self.embed}/v1/embeddings",
             f"llm       {self.llm}/v1/chat/completions",
-            f"postgres  {self.pg_dsn}",
         ]
+        if self.chaos_control is not None:
+            out.append(f"chaos     {self.chaos_control}   (control API; ragstress run --chaos …)")
+            out.extend(
+                f"  {stage:<8}via {url}" for stage, url in sorted(self.chaos_listeners.items())
+            )
+        # postgres last: scripts wait for this line to know the stack is up
+        out.append(f"postgres  {self.pg_dsn}")
+        return out
 
 
 @dataclass
@@ -175,12 +191,19 @@ class ReferenceStack:
         self._timed("corpus", t)
         self._check_children()
 
+        chaos_control: str | None = None
+        via: dict[str, str] = {}
+        if opts.chaos:
+            t = time.monotonic()
+            chaos_control, via = self._start_chaos(embed_url, llm_url, logs)
+            self._timed("chaos", t)
+
         t = time.monotonic()
         gateway = GatewaySettings.model_validate(
             {
                 "port": opts.gateway_port or free_port(),
-                "embed_url": embed_url,
-                "llm_url": llm_url,
+                "embed_url": via.get("embed", embed_url),
+                "llm_url": via.get("generate", llm_url),
                 "pg_dsn": dsn,
                 "llm_api_key_env": None,  # the LLM service holds the key in forward mode
                 **gateway_policies(opts.profile),
@@ -192,8 +215,36 @@ class ReferenceStack:
         wait_healthy(child.name, f"{gateway_url}/healthz", child.proc, child.log, 60)
         self._timed("gateway", t)
         self.startup_seconds["total"] = time.monotonic() - began
-        self.urls = StackUrls(gateway=gateway_url, embed=embed_url, llm=llm_url, pg_dsn=dsn)
+        self.urls = StackUrls(
+            gateway=gateway_url,
+            embed=embed_url,
+            llm=llm_url,
+            pg_dsn=dsn,
+            chaos_control=chaos_control,
+            chaos_listeners=via,
+        )
         return self.urls
+
+    def _start_chaos(self, embed_url: str, llm_url: str, logs: Path) -> tuple[str, dict[str, str]]:
+        from ragstress.chaos.client import ChaosClient
+        from ragstress.chaos.settings import ChaosSettings, ListenerSettings
+
+        opts = self.options
+        settings = ChaosSettings(
+            listeners={
+                "embed": ListenerSettings(upstream=embed_url, port=free_port()),
+                "generate": ListenerSettings(upstream=llm_url, port=free_port()),
+            },
+            control_port=opts.chaos_control_port or free_port(),
+            seed=opts.seed,
+        )
+        self._progress("starting the chaos proxy")
+        child = self._spawn("chaos", "ragstress.chaos.proxy", settings, logs)
+        control = f"http://{settings.control_host}:{settings.control_port}"
+        wait_healthy(child.name, f"{control}/healthz", child.proc, child.log, 30)
+        client = ChaosClient(control)
+        via = {stage: info["listen"] for stage, info in client.listeners().items()}
+        return control, via
 
     def _spawn(self, name: str, module: str, settings: BaseModel, logs: Path) -> _Child:
         log = logs / f"{name}.log"
