@@ -395,12 +395,16 @@ def _redact(obj: Any, secrets: Sequence[str]) -> Any:
 
 
 def _scaled_scenario(plan: ReplayPlan) -> dict[str, Any]:
-    """The scenario on the run's clock: ``duration_s`` and ``warmup_s`` divided by
-    ``time_scale``, so the summary's measurement window matches the measured times."""
+    """The scenario on the run's clock: ``duration_s``, ``warmup_s`` and the fault windows
+    divided by ``time_scale`` (as ``ragstress run --chaos`` plays them), so the summary's
+    measurement window and the charts' shaded fault windows match the measured times."""
     data = plan.scenario.model_dump(mode="json")
     if plan.time_scale != 1.0:
         data["duration_s"] = plan.scenario.duration_s / plan.time_scale
         data["warmup_s"] = plan.scenario.warmup_s / plan.time_scale
+        for fault in data.get("faults", []):
+            fault["start_s"] = fault["start_s"] / plan.time_scale
+            fault["end_s"] = fault["end_s"] / plan.time_scale
     return data
 
 
@@ -464,9 +468,9 @@ def finalize_run(
     if plan.time_scale != 1.0:
         all_notes.append(
             f"time_scale {plan.time_scale:g}: arrival times, duration_s and the scenario's "
-            f"duration_s and warmup_s (as written: {plan.scenario.duration_s:g} s and "
-            f"{plan.scenario.warmup_s:g} s) are divided by {plan.time_scale:g}; the scenario's "
-            "rates and other times are as written"
+            f"duration_s, warmup_s and fault windows (as written: {plan.scenario.duration_s:g} s "
+            f"and {plan.scenario.warmup_s:g} s) are divided by {plan.time_scale:g}; the "
+            "scenario's rates and other times are as written"
         )
     if plan.truncated:
         all_notes.append(

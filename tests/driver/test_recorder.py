@@ -322,6 +322,8 @@ def test_finalize_writes_a_measured_run(tmp_path: Path) -> None:
 
 def test_time_scale_scales_the_window(tmp_path: Path) -> None:
     scenario = _scenario(duration_s=100.0, warmup_s=20.0, rate=2.0)
+    brownout = {"kind": "error", "stage": "work", "status": 429, "start_s": 40, "end_s": 60}
+    scenario = scenario.model_validate({**scenario.model_dump(), "faults": [brownout]})
     settings = _settings(tmp_path, time_scale=4.0)
     plan = _plan(settings, scenario, None)
     assert plan.duration_s == 25.0
@@ -331,6 +333,9 @@ def test_time_scale_scales_the_window(tmp_path: Path) -> None:
     assert result.manifest.duration_s == 25.0
     assert result.manifest.scenario["duration_s"] == 25.0
     assert result.manifest.scenario["warmup_s"] == 5.0
+    # fault windows on the run's clock, as `run --chaos` plays them and charts shade them
+    fault = result.manifest.scenario["faults"][0]
+    assert (fault["start_s"], fault["end_s"]) == (10.0, 15.0)
     assert summary["window_s"] == [5.0, 25.0]
     arrivals = result.requests["arrival_s"]
     assert summary["requests"] == int(((arrivals >= 5.0) & (arrivals < 25.0)).sum())
