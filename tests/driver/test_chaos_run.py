@@ -6,8 +6,10 @@ the proxy."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from ragstress.chaos.client import ChaosClient
@@ -15,7 +17,7 @@ from ragstress.cli import main
 from ragstress.config.loader import load_profile
 from ragstress.reference.stack import ReferenceStack, StackOptions
 from ragstress.results.store import read_run
-from tests.builders import REFERENCE_PROFILE, TEST_CORPUS
+from tests.builders import REFERENCE_PROFILE, TEST_CORPUS, reference_data_dir
 
 SCENARIO = """\
 name: brownout
@@ -33,12 +35,19 @@ faults:
 """
 
 
-def test_brownout_is_played_in_its_window_and_cleared(tmp_path: Path) -> None:
+@pytest.fixture
+def stack_dir() -> Iterator[Path]:
+    """A reference stack's data folder outside pytest's tmp_path (see reference_data_dir)."""
+    with reference_data_dir() as path:
+        yield path
+
+
+def test_brownout_is_played_in_its_window_and_cleared(tmp_path: Path, stack_dir: Path) -> None:
     scenario = tmp_path / "brownout.yaml"
     scenario.write_text(SCENARIO)
     options = StackOptions(
         profile=load_profile(REFERENCE_PROFILE),
-        data_dir=tmp_path / "stack",
+        data_dir=stack_dir,
         gateway_port=None,
         corpus=TEST_CORPUS,
         chaos=True,

@@ -22,7 +22,7 @@ from ragstress.cli import main
 from ragstress.config.loader import load_profile
 from ragstress.reference.stack import ReferenceStack, StackOptions
 from ragstress.results.store import read_run, read_summary
-from tests.builders import REFERENCE_PROFILE, TEST_CORPUS
+from tests.builders import REFERENCE_PROFILE, TEST_CORPUS, reference_data_dir
 from tests.driver.targets import Target, running_target
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -390,10 +390,17 @@ def test_bad_target_template_and_files_are_reported_before_any_run(tmp_path: Pat
 # --- the reference stack --------------------------------------------------------------------
 
 
-def test_run_against_the_reference_stack(tmp_path: Path) -> None:
+@pytest.fixture
+def stack_dir() -> Iterator[Path]:
+    """A reference stack's data folder outside pytest's tmp_path (see reference_data_dir)."""
+    with reference_data_dir() as path:
+        yield path
+
+
+def test_run_against_the_reference_stack(tmp_path: Path, stack_dir: Path) -> None:
     options = StackOptions(
         profile=load_profile(REFERENCE_PROFILE),
-        data_dir=tmp_path / "reference",
+        data_dir=stack_dir,
         gateway_port=None,
         corpus=TEST_CORPUS,
         startup_timeout_s=90,

@@ -12,17 +12,18 @@ import pytest
 
 from ragstress.config.loader import load_profile
 from ragstress.reference.stack import ReferenceStack, StackOptions
-from tests.builders import REFERENCE_PROFILE, TEST_CORPUS
+from tests.builders import REFERENCE_PROFILE, TEST_CORPUS, reference_data_dir
 
 
 @pytest.fixture(scope="session")
-def reference_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ReferenceStack]:
-    options = StackOptions(
-        profile=load_profile(REFERENCE_PROFILE),
-        data_dir=tmp_path_factory.mktemp("reference"),
-        gateway_port=None,
-        corpus=TEST_CORPUS,
-        startup_timeout_s=90,
-    )
-    with ReferenceStack(options) as stack:
-        yield stack
+def reference_stack() -> Iterator[ReferenceStack]:
+    with reference_data_dir() as data_dir:
+        options = StackOptions(
+            profile=load_profile(REFERENCE_PROFILE),
+            data_dir=data_dir,
+            gateway_port=None,
+            corpus=TEST_CORPUS,
+            startup_timeout_s=90,
+        )
+        with ReferenceStack(options) as stack:
+            yield stack

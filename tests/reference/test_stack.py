@@ -23,7 +23,7 @@ from ragstress.reference.corpus import ensure_corpus, iter_chunks
 from ragstress.reference.processes import free_port
 from ragstress.reference.settings import CorpusSettings
 from ragstress.reference.stack import ReferenceStack
-from tests.builders import REFERENCE_PROFILE, TEST_CORPUS
+from tests.builders import REFERENCE_PROFILE, TEST_CORPUS, reference_data_dir
 
 
 def _post(url: str, body: dict[str, Any], timeout: float = 30) -> tuple[int, dict[str, str], bytes]:
@@ -230,9 +230,14 @@ def _ports(lines: list[str]) -> list[int]:
 
 
 @pytest.mark.parametrize("how", ["sigterm", "sigkill"])
-def test_stopping_serve_leaves_no_process_and_no_port(tmp_path: Path, how: str) -> None:
+def test_stopping_serve_leaves_no_process_and_no_port(how: str) -> None:
+    with reference_data_dir() as data_dir:
+        _stop_and_check(data_dir, how)
+
+
+def _stop_and_check(data_dir: Path, how: str) -> None:
     port = free_port()
-    proc, lines = _start_serve(tmp_path, port)
+    proc, lines = _start_serve(data_dir, port)
     children: list[psutil.Process] = []
     try:
         children = psutil.Process(proc.pid).children(recursive=True)
