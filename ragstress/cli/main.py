@@ -520,11 +520,13 @@ def format_summary(summary: dict[str, Any]) -> str:
 
 def _register_commands() -> None:
     # Commands that live in their own modules (they import main's helpers lazily).
+    from ragstress.cli.calibrate import calibrate
     from ragstress.cli.chaos import chaos
     from ragstress.cli.run import run
     from ragstress.cli.serve import serve
+    from ragstress.cli.validate import validate
 
-    for command in (serve, run, chaos):
+    for command in (serve, run, chaos, validate, calibrate):
         main.add_command(command)
 
 
