@@ -165,6 +165,33 @@ def _queued_note(dropped: int) -> str:
     )
 
 
+def _slope(
+    stage: str,
+    kind: str,
+    n: int,
+    *,
+    input_tokens: str,
+    runs: Sequence[StageRun],
+    times: np.ndarray,
+    prior: float,
+    key: str,
+) -> tuple[np.ndarray | None, SlopeChoice] | StageFit:
+    """The requests' token counts and the per-token slope of ``times`` on them (the prior when
+    the stage reads no tokens); a refusal when a slope is set but the tokens are unknown."""
+    if input_tokens == "none":
+        return None, SlopeChoice(prior, False, "")
+    tokens = _tokens(runs)
+    if tokens is None and prior > 0:
+        return refused(
+            stage,
+            kind,
+            n,
+            f"{key} is set but the requests' token counts are unknown (the workload could not "
+            "be rebuilt from a run's manifest); kept as it was",
+        )
+    return tokens, choose_slope(tokens, times, prior, "per_token_s")
+
+
 def fit_pool(stage: PoolStage, runs: Sequence[StageRun], options: Options) -> StageFit:
     """Fit ``service`` (and ``per_token_s`` where ``input_tokens`` is set) from the calls
     that found a free server."""
@@ -174,19 +201,19 @@ def fit_pool(stage: PoolStage, runs: Sequence[StageRun], options: Options) -> St
     if n < options.min_samples:
         return _too_few(stage.name, stage.kind, n, options)
     x = _concat(runs, "time_s")
-    tokens = None if stage.input_tokens == "none" else _tokens(runs)
-    if stage.input_tokens == "none":
-        slope = SlopeChoice(stage.per_token_s, False, "")
-    else:
-        if tokens is None and stage.per_token_s > 0:
-            return refused(
-                stage.name,
-                stage.kind,
-                n,
-                "per_token_s is set but the requests' token counts are unknown (the workload "
-                "could not be rebuilt from a run's manifest); kept as it was",
-            )
-        slope = choose_slope(tokens, x, stage.per_token_s, "per_token_s")
+    got_slope = _slope(
+        stage.name,
+        stage.kind,
+        n,
+        input_tokens=stage.input_tokens,
+        runs=runs,
+        times=x,
+        prior=stage.per_token_s,
+        key="per_token_s",
+    )
+    if isinstance(got_slope, StageFit):
+        return got_slope
+    tokens, slope = got_slope
     got = _fit_draws(
         stage.name,
         stage.kind,
@@ -283,19 +310,19 @@ def fit_batcher(stage: BatcherStage, runs: Sequence[StageRun], options: Options)
                 "than it: lone calls run at once)"
             )
     prior = stage.batch_time
-    tokens = None if stage.input_tokens == "none" else _tokens(keep_runs)
-    if stage.input_tokens == "none":
-        slope = SlopeChoice(prior.per_token_s, False, "")
-    else:
-        if tokens is None and prior.per_token_s > 0:
-            return refused(
-                stage.name,
-                stage.kind,
-                n,
-                "batch_time.per_token_s is set but the requests' token counts are unknown (the "
-                "workload could not be rebuilt from a run's manifest); kept as it was",
-            )
-        slope = choose_slope(tokens, y, prior.per_token_s, "per_token_s")
+    got_slope = _slope(
+        stage.name,
+        stage.kind,
+        n,
+        input_tokens=stage.input_tokens,
+        runs=keep_runs,
+        times=y,
+        prior=prior.per_token_s,
+        key="batch_time.per_token_s",
+    )
+    if isinstance(got_slope, StageFit):
+        return got_slope
+    tokens, slope = got_slope
     tok = np.zeros(y.size) if tokens is None else tokens
     resid0 = y - slope.value * tok
     if slope.significant and slope.fit is not None:
