@@ -93,6 +93,8 @@ def choose_slope(
     - tokens unknown, or varying too little (cv < 0.1) to tell: the profile's ``prior``;
     - a slope that is positive, significant (one-sided p < 0.01) and precise (SE < 25 %):
       that slope;
+    - an imprecise slope whose 95 % interval holds the profile's ``prior`` (non-zero): the
+      prior, which the data do not contradict (0 would be a change the data do not ask for);
     - otherwise 0: the tokens varied enough, and the time did not follow them.
     """
     if tokens is None:
@@ -116,6 +118,14 @@ def choose_slope(
             f"squares on the tokens (t={lf.t('slope'):.3g}, {lf.describe()})",
             lf,
             significant=True,
+        )
+    if prior > 0.0 and est.low <= prior <= est.high:
+        return SlopeChoice(
+            prior,
+            False,
+            f"kept: {what} {prior:g}, inside the imprecise fit's 95 % interval (slope "
+            f"{est.value:.3g} ± {est.se:.2g}, p={lf.p_positive('slope'):.2g})",
+            lf,
         )
     return SlopeChoice(
         0.0,

@@ -49,10 +49,22 @@ D₀)⌉ prefill steps (chunked prefill; D₀ decoding at admission), so the eng
 prompt size P whose slope is ``per_prefill_token_s`` — fitted when the prompts vary enough
 and the slope is significant (:func:`~ragstress.calibration.common.choose_slope`), else the
 profile's value is kept. Its intercept c (the wait for the step in progress and, measured,
-the HTTP hop) has no place in the profile and is reported only. The two lines are fitted in
-turn, three times (each uses the other's estimates; they settle at once).
-``per_context_token_s`` is kept as it was: at calibration loads it is nearly collinear with
-``per_decode_seq_s``; its share is subtracted with the profile's value.
+the HTTP hop) is reported. The two lines are fitted in turn, three times (each uses the
+other's estimates; they settle at once).
+
+The stage's ``call_overhead`` (the caller's request building, the HTTP hop and the relay
+of the first token: time outside the engine that the model adds before the call arrives)
+is what a call's time to first token *from its send* ``ft − start`` has beyond the engine's
+part. For a call that found the engine idle (no other call in the stage) that part is
+exactly its prefill steps, ``n_prefill·base_s + per_prefill_token_s·P``, so those calls give
+the overhead's mean (with its interval) and spread directly. With fewer than
+``MIN_IDLE_CALLS`` of them, every call is used and the step in progress is taken off as
+half a step when the engine was busy (uniform over a step: its variance is taken off the
+spread too) — approximate, since steps carrying other calls' prefill are longer. The fit is
+a gamma with that mean and variance, deterministic when the spread is small, and no
+overhead when the mean is not significantly above 0. From the send, so it is the same
+with or without the wait column: a simulated run's wait holds the overhead and the
+residual step together.
 
 llm_api
 =======
@@ -69,6 +81,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import stats
@@ -95,6 +108,8 @@ __all__ = ["MIN_DECODE_SPREAD", "EngineRows", "engine_rows", "fit_llm_api", "fit
 # D̄ must vary by at least this much (standard deviation, in sequences) across requests for
 # per_decode_seq_s to be fitted; otherwise the profile's value is kept.
 MIN_DECODE_SPREAD = 0.5
+# the call overhead is read from calls that found the engine idle when there are this many
+MIN_IDLE_CALLS = 10
 _ROUNDS = 3
 
 
@@ -125,7 +140,9 @@ class EngineRows:
     d_bar: np.ndarray
     p_bar: np.ndarray
     k_bar: np.ndarray
-    ttft: np.ndarray  # the stage's own time to first token
+    ttft: np.ndarray  # the stage's own time to first token, from admission where known
+    sent_ttft: np.ndarray  # from the call's send: its overhead and any wait included
+    busy: np.ndarray  # how likely the engine was stepping when the call came (0..1)
     prompt: np.ndarray
     d0: np.ndarray  # sequences decoding at admission
     full: np.ndarray  # the engine was full when the request came
@@ -186,6 +203,8 @@ def engine_rows(sr: StageRun, max_num_seqs: int, replicas: int = 1) -> EngineRow
         p_bar=p_bar,
         k_bar=k_bar,
         ttft=ttft,
+        sent_ttft=ft - start,
+        busy=np.clip(others / replicas, 0.0, 1.0),
         prompt=prompt,
         d0=d0,
         full=seen & sr.usable & (others >= capacity),
@@ -262,6 +281,10 @@ def fit_llm_engine(stage: LlmEngineStage, runs: Sequence[StageRun], options: Opt
             prefill = choose_slope(prompt, y2, prior.per_prefill_token_s, "per_prefill_token_s")
             pp = prefill.value
     assert decode_fit is not None
+    pp_se = 0.0
+    if prefill is not None and prefill.fit is not None:
+        pp_se = float(prefill.fit["slope"].se)
+    overhead = _overhead_key(stage, rows, (base, pd, pp, pp_se), options)
     warnings = [w for r in runs for w in load_warnings(r, check_in_flight=False)]
     came = sum(int((r.full | r.first).sum()) for r in rows)
     full = sum(int(r.full.sum()) for r in rows) / came if came else 0.0
@@ -316,22 +339,112 @@ def fit_llm_engine(stage: LlmEngineStage, runs: Sequence[StageRun], options: Opt
         f"{intercept}; per_context_token_s kept; runs: {per_run}; was "
         f"{compact(prior.model_dump(mode='json'))}"
     )
+    keys = [KeyFit("step", step, comment)]
+    overhead_text = ""
+    if overhead is not None:
+        overhead_key = overhead[0]
+        keys.append(overhead_key)
+        if overhead_key.value is not None:
+            mean = overhead_key.value.get("mean", overhead_key.value.get("value", 0.0))
+            overhead_text = f", call overhead {overhead_key.value['kind']} {1000 * mean:.3g} ms"
     return StageFit(
         stage=stage.name,
         kind=stage.kind,
         fitted=True,
         n=n_dec,
         summary=f"step base {base:.4g} s + {pd:.3g} s/decoding seq + {pp:.3g} s/prefill token "
-        f"(R² {decode_fit.r2:.2f})",
-        keys=(KeyFit("step", step, comment),),
+        f"(R² {decode_fit.r2:.2f}){overhead_text}",
+        keys=tuple(keys),
         warnings=tuple(warnings),
         details={
             "base_s": (base, base_se),
             "per_decode_seq_s": (pd, pd_se),
             "per_prefill_token_s": prefill,
             "decode_fit": decode_fit,
+            "call_overhead": None if overhead is None else overhead[1],
         },
     )
+
+
+def _overhead_key(
+    stage: LlmEngineStage,
+    rows: Sequence[EngineRows],
+    step: tuple[float, float, float, float],
+    options: Options,
+) -> tuple[KeyFit, tuple[float, float, float]] | None:
+    """``call_overhead`` from the first-token rows (see the module docstring) and its mean's
+    (estimate, low, high) 95 % interval; None when there are too few rows. ``step``: the
+    fitted base_s, per_decode_seq_s, per_prefill_token_s and the latter's standard error
+    (carried into the interval)."""
+    base, pd, pp, pp_se = step
+    sent = _cat(rows, "sent_ttft", "first")
+    ok = np.isfinite(sent)
+    if int(ok.sum()) < options.min_samples:
+        return None
+    busy = _cat(rows, "busy", "first")[ok]
+    prompt = _cat(rows, "prompt", "first")[ok]
+    d0 = _cat(rows, "d0", "first")[ok]
+    budget = np.maximum(stage.max_batched_tokens - d0, 1.0)
+    n_prefill = np.maximum(np.ceil(prompt / budget), 1.0)
+    step0 = base + pd * d0
+    rest = sent[ok] - n_prefill * step0 - pp * prompt
+    idle = busy == 0
+    if int(idle.sum()) >= MIN_IDLE_CALLS:
+        # the engine was idle: its part is exactly the prefill steps, so the rest is the
+        # overhead alone, spread included
+        rest = rest[idle]
+        spread = float(rest.std())
+        source = (
+            f"from the first tokens of the {rest.size} calls that found the engine idle "
+            f"(of {idle.size}): time since the call was sent less the prefill steps at the "
+            f"fitted step formula; sd {1000 * spread:.3g} ms"
+        )
+    else:
+        # busy: take off the step in progress too, uniform over a step (its variance is not
+        # the overhead's: the model draws it itself). An approximation: steps carrying other
+        # calls' prefill are longer than base + per_decode_seq_s·D₀.
+        rest = rest - 0.5 * step0 * busy
+        step_var = busy * step0**2 / 3 - (busy * step0) ** 2 / 4
+        spread = math.sqrt(max(float(rest.var()) - float(step_var.mean()), 0.0))
+        source = (
+            f"from the first tokens of {rest.size} calls, {int(idle.sum())} of them with the "
+            f"engine idle (fewer than {MIN_IDLE_CALLS}): time since the call was sent less "
+            f"the prefill steps at the fitted step formula and half a step when the engine was "
+            f"busy (approximate); sd {1000 * spread:.3g} ms once the step in progress's share "
+            f"is taken off"
+        )
+    mean = float(rest.mean())
+    # the mean's own scatter, and the prefill slope's uncertainty over the prompts' mean
+    se = math.hypot(float(rest.std(ddof=1)) / math.sqrt(rest.size), pp_se * float(prompt.mean()))
+    low, high = mean - 1.959963984540054 * se, mean + 1.959963984540054 * se
+    was = "was " + (
+        compact(stage.call_overhead.model_dump(mode="json", exclude_none=True))
+        if stage.call_overhead is not None
+        else "none"
+    )
+    interval = (mean, low, high)
+    if low <= 0:
+        return KeyFit(
+            "call_overhead",
+            None,
+            f"fitted: no call overhead: not significantly above 0 (mean {mean:.3g} s, "
+            f"[{low:.3g}, {high:.3g}]) {source}; {was}",
+            stage.call_overhead is not None,
+        ), interval
+    cv = spread / mean
+    value: dict[str, Any]
+    if cv < options.deterministic_cv:
+        value = {"kind": "deterministic", "value": sig(mean)}
+        family = "deterministic"
+    else:
+        value = {"kind": "gamma", "mean": sig(mean), "cv": sig(cv)}
+        family = f"gamma, cv {cv:.3g} (mean and variance matched)"
+    return KeyFit(
+        "call_overhead",
+        value,
+        f"fitted: call overhead {family}, mean {mean:.4g} s [{low:.4g}, {high:.4g}] (with the "
+        f"prefill slope's uncertainty) {source}; {was}",
+    ), interval
 
 
 def fit_llm_api(stage: LlmApiStage, runs: Sequence[StageRun], options: Options) -> StageFit:

@@ -68,6 +68,13 @@ class _StageCommon(StrictModel):
     (multi-query retrieval); each call has its own attempts under ``client``.
     ``fallback_only``: the stage is not on the main path; it runs only as another stage's
     ``client.fallback``.
+    ``call_overhead``: time every call (each attempt) spends outside the stage's servers
+    before it reaches them: the caller building the request, the network hop, parsing. It
+    delays the call's arrival (so its first token and its end) and holds no server; a
+    simulated run counts it in the stage's wait (sent → service), as a measured stage time
+    includes it. ``ragstress calibrate`` fits it where a stage shows it (an engine's time to
+    first token beyond its prefill step). A cache's ``lookup`` is its whole time, so a cache
+    has none.
     """
 
     name: StageName
@@ -75,6 +82,7 @@ class _StageCommon(StrictModel):
     fan_out: FanOut = 1
     fallback_only: bool = False
     price: Price = Price()
+    call_overhead: Distribution | None = None
 
 
 class PoolStage(_StageCommon):
@@ -297,6 +305,13 @@ class CacheStage(_StageCommon):
         if fan_out != 1:
             raise ValueError("a cache makes one lookup per request (allowed: 1)")
         return fan_out
+
+    @field_validator("call_overhead")
+    @classmethod
+    def _no_overhead(cls, overhead: Distribution | None) -> Distribution | None:
+        if overhead is not None:
+            raise ValueError("a cache's lookup is its whole time (allowed: none; put it in lookup)")
+        return overhead
 
 
 Stage = Annotated[

@@ -157,6 +157,10 @@ class _Stage:
         "lookup_s",
         "max_out",
         "name",
+        "overhead",
+        "overhead_at",
+        "overhead_left",
+        "overhead_rng",
         "p_call",
         "p_in",
         "p_out",
@@ -186,6 +190,10 @@ class _Stage:
         self.limits: ProviderLimits | None = None
         self.max_out: int | None = None
         self.tpot = 0.0
+        self.overhead = cfg.call_overhead
+        self.overhead_at: dict[int, float] = {}  # call → its last attempt's overhead
+        self.overhead_left: list[float] = []  # pre-drawn overheads, used from the end
+        self.overhead_rng = stream(seed, "stage", cfg.name, "overhead")
         self.shed_outcome = "shed"
         self.units = cfg.units
         price = cfg.price
@@ -199,6 +207,15 @@ class _Stage:
         self.fault_rng = stream(seed, "faults", cfg.name)
         self.retry_rng = stream(seed, "stage", cfg.name, "backoff")
         self.redraw_rng = stream(seed, "stage", cfg.name, "retry")
+
+    def draw_overhead(self, c: int) -> float:
+        """Call c's overhead for this attempt, drawn in blocks from the stage's own stream."""
+        assert self.overhead is not None
+        if not self.overhead_left:
+            self.overhead_left = self.overhead.draw(self.overhead_rng, 256).tolist()[::-1]
+        value: float = self.overhead_left.pop()
+        self.overhead_at[c] = value
+        return value
 
     def cost(self, tokens_in: int, tokens_out: int) -> float:
         """What one served call costs: per call plus its input and output tokens."""
@@ -462,6 +479,7 @@ class _Run:
         effect = NO_EFFECT
         if st.faulty:
             effect = self.plan.draw(st.name, now, st.fault_rng)
+        delay = 0.0 if st.overhead is None else st.draw_overhead(c)
         if effect is not NO_EFFECT:
             st.effects[c] = effect
             if effect.refuse:
@@ -471,17 +489,20 @@ class _Run:
             if effect.hang:
                 _Deadline(env, timeout, (st, c)).callbacks.append(self._on_timeout)
                 return  # only the caller's timeout ends it
+            # the call's overhead comes first: the fault is met where the call arrives
+            delay += effect.extra_latency_s
             if effect.status is not None and not effect.error_after_service:
-                if timeout <= effect.extra_latency_s:
+                if timeout <= delay:
                     _Deadline(env, timeout, (st, c)).callbacks.append(self._on_timeout)
-                env.timeout(effect.extra_latency_s, (st, c)).callbacks.append(self._fault_answer)
+                env.timeout(delay, (st, c)).callbacks.append(self._fault_answer)
                 return
             self._shape(st, c, effect)
-            if effect.extra_latency_s > 0.0:
-                if timeout != math.inf:
-                    _Deadline(env, timeout, (st, c)).callbacks.append(self._on_timeout)
-                env.timeout(effect.extra_latency_s, (st, c)).callbacks.append(self._on_delayed)
-                return
+        if delay > 0.0:
+            # on the wire (or held by a fault) for a while: the caller's clock already runs
+            if st.client.timeout_s != math.inf:
+                _Deadline(env, st.client.timeout_s, (st, c)).callbacks.append(self._on_timeout)
+            env.timeout(delay, (st, c)).callbacks.append(self._on_delayed)
+            return
         self._send(st, c)
 
     def _shape(self, st: _Stage, c: int, effect: CallEffect) -> None:
@@ -777,6 +798,10 @@ class _Run:
             wait = np.full(n, np.nan)
             service = np.full(n, np.nan)
             wait[reached] = np.asarray(table.wait_s)[last[reached]]
+            if st.overhead_at:
+                # the caller waits for its call's overhead as for a queue: sent → service
+                at = st.overhead_at
+                wait[reached] += [at.get(c, 0.0) for c in last[reached].tolist()]
             service[reached] = np.asarray(table.held_s)[last[reached]]
             if not isinstance(st.cfg, CacheStage):
                 attempts += st_attempts

@@ -271,6 +271,46 @@ def test_llm_engine_measured_path_and_a_single_load_keeps_per_decode(
     assert "varies too little" in kept.keys[0].comment
 
 
+@pytest.mark.parametrize("measured", [False, True])
+def test_llm_engine_call_overhead_is_recovered(measured: bool) -> None:
+    # a gamma overhead of 6 ms mean (cv 0.5) before each engine call: the fit finds its mean
+    # from the first tokens, less the prefill step and the step in progress
+    truth_stage = engine(0.010, 0.001, 1e-5)
+    truth_stage["call_overhead"] = {"kind": "gamma", "mean": 0.006, "cv": 0.5}
+    truth = profile(truth_stage)
+    runs = [
+        run(
+            truth,
+            scenario(rate, duration_s=200, seed=k, **ENGINE_MIX),
+            f"c{rate}",
+            measured=measured,
+        )
+        for k, rate in enumerate((1, 3))
+    ]
+    cal = calibrate(profile(engine(0.010, 0.001, 1e-5)), runs)
+    overhead = cal.profile.stage("generate").call_overhead
+    assert isinstance(overhead, Gamma)
+    mean, low, high = cal.stage("generate").details["call_overhead"]
+    assert low <= 0.006 <= high
+    assert mean == pytest.approx(0.006, rel=0.25)  # the prefill slope's error lands here
+    assert overhead.mean == pytest.approx(mean, rel=1e-4)
+    assert 0.3 < overhead.cv < 0.7
+    comment = next(k.comment for k in cal.stage("generate").keys if k.key == "call_overhead")
+    assert "found the engine idle" in comment
+    assert "call overhead gamma" in cal.stage("generate").summary
+
+
+def test_llm_engine_without_overhead_fits_none(engine_runs: list[LoadedRun]) -> None:
+    for runs in (
+        engine_runs,
+        [LoadedRun(r.label, as_measured(r.result), r.workload) for r in engine_runs],
+    ):
+        cal = calibrate(profile(engine(0.010, 0.001, 1e-5)), runs)
+        key = next(k for k in cal.stage("generate").keys if k.key == "call_overhead")
+        assert key.value is None, key.comment
+        assert cal.profile.stage("generate").call_overhead is None
+
+
 def test_llm_api_ttft_and_time_per_token_are_recovered() -> None:
     truth = profile(
         {

@@ -120,3 +120,19 @@ def test_sig_rounds_to_significant_digits() -> None:
     assert sig(0.0201347) == 0.020135
     assert sig(5.00004e-05) == 5e-05
     assert sig(0.0) == 0.0
+
+
+def test_an_imprecise_slope_keeps_a_prior_it_does_not_contradict() -> None:
+    from ragstress.calibration.common import choose_slope
+
+    rng = np.random.default_rng(7)
+    tokens = rng.uniform(400, 1000, 60)  # with this noise the slope is imprecise
+    y = 0.01 + 1e-5 * tokens + rng.normal(0, 0.006, tokens.size)
+    kept = choose_slope(tokens, y, 1e-5, "per_prefill_token_s")
+    assert kept.value == 1e-5
+    assert not kept.changed
+    assert "inside the imprecise fit's 95 % interval" in kept.why
+    # a prior far outside the interval is not kept: the tokens did not show it
+    dropped = choose_slope(tokens, y, 1e-3, "per_prefill_token_s")
+    assert dropped.value == 0.0
+    assert dropped.changed

@@ -305,3 +305,75 @@ def test_a_provider_that_sheds_load_answers_529_and_it_is_a_5xx() -> None:
     llm = {**LLM, "concurrency": 1, "overload_status": 529}
     result, _ = _run(_scenario(6, rate=2.0), [llm])
     assert list(result.requests["outcome"]) == ["ok", "error_5xx"] * 3
+
+
+# ---------------------------------------------------------------------- call overhead
+
+
+def test_call_overhead_delays_arrival_and_holds_no_server() -> None:
+    # one server, 2 s per call, 0.5 s on the wire before each call reaches it. Request 0 is
+    # sent at 0.5, reaches the server at 1.0 and is served 1.0–3.0; request 1 is sent at 1.5,
+    # arrives at 2.0 and waits until 3.0 (the overhead kept no server busy): served 3.0–5.0.
+    stage = _pool(call_overhead={"kind": "deterministic", "value": 0.5})
+    result, events = _run(_scenario(2), [stage])
+    assert _log(events, "send", "submit", "served") == [
+        (0.5, "send", 0, 1, ""),
+        (1.0, "submit", 0, 1, ""),
+        (1.5, "send", 1, 1, ""),
+        (2.0, "submit", 1, 1, ""),
+        (3.0, "served", 0, 1, ""),
+        (5.0, "served", 1, 1, ""),
+    ]
+    req = result.requests
+    np.testing.assert_allclose(req["latency_s"], [2.5, 3.5])
+    np.testing.assert_allclose(req["work_service_s"], [2.0, 2.0])
+    # the stage's wait is sent → service: the overhead plus any queueing
+    np.testing.assert_allclose(req["work_wait_s"], [0.5, 1.5])
+
+
+def test_the_caller_timeout_counts_the_call_overhead() -> None:
+    # 0.5 s overhead + 1 s service = 1.5 s: a 1.2 s timeout abandons the call at 0.5 + 1.2
+    stage = _pool(
+        service=1.0,
+        call_overhead={"kind": "deterministic", "value": 0.5},
+        client={"timeout_s": 1.2},
+    )
+    result, events = _run(_scenario(1), [stage])
+    assert _log(events, "send", "submit", "outcome") == [
+        (0.5, "send", 0, 1, ""),
+        (1.0, "submit", 0, 1, ""),
+        (1.7, "outcome", 0, 1, "timeout"),
+    ]
+    assert list(result.requests["outcome"]) == ["timeout"]
+
+
+def test_an_error_fault_is_met_after_the_call_overhead() -> None:
+    # the fault answers 503 where the call arrives: 0.25 s after the send
+    fault = {
+        "kind": "error",
+        "stage": "work",
+        "status": 503,
+        "percent": 100,
+        "start_s": 0,
+        "end_s": 1,
+    }
+    stage = _pool(call_overhead={"kind": "deterministic", "value": 0.25})
+    result, events = _run(_scenario(1, faults=[fault]), [stage])
+    assert _log(events, "send", "outcome") == [
+        (0.5, "send", 0, 1, ""),
+        (0.75, "outcome", 0, 1, "error_5xx"),
+    ]
+    np.testing.assert_allclose(result.requests["latency_s"], [0.25])
+
+
+def test_a_cache_refuses_a_call_overhead() -> None:
+    cache = {
+        "kind": "cache",
+        "name": "c",
+        "lookup": {"kind": "deterministic", "value": 0.001},
+        "hits": {"kind": "probability", "p": 0.5},
+        "skips": ["work"],
+        "call_overhead": {"kind": "deterministic", "value": 0.1},
+    }
+    with pytest.raises(ValueError, match="lookup is its whole time"):
+        Profile.model_validate({"name": "p", "stages": [cache, _pool()]})

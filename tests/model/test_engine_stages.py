@@ -321,3 +321,13 @@ def test_per_interval_counts_add_up_to_the_requests() -> None:
     assert ts["generate_sent"].sum() == result.requests["generate_attempts"].sum()
     # every call sent was eventually served (abandoned ones too): nothing is lost
     assert ts["generate_served"].sum() == ts["generate_sent"].sum()
+
+
+def test_an_engine_call_overhead_shifts_first_token_and_end_alike() -> None:
+    # the lone request of test_a_lone_request_on_the_engine_takes_the_step_formula, 7 ms later
+    result = _simulate(
+        _scenario(30, 0.1), [{**ENGINE, "call_overhead": {"kind": "deterministic", "value": 0.007}}]
+    )
+    req = result.requests
+    np.testing.assert_allclose(req["ttft_s"], 0.007 + 0.0122, rtol=1e-12)
+    np.testing.assert_allclose(req["latency_s"], 0.007 + 0.0122 + 49 * 0.011, rtol=1e-12)
