@@ -247,14 +247,16 @@ class TraceArrivals(StrictModel):
     (``TIMESTAMP,ContextTokens,GeneratedTokens``) or ``arrival_s,input_tokens,output_tokens``.
     ``speedup`` divides the recorded gaps (2 = twice the recorded rate). ``offset_s`` skips the
     trace's first seconds. With ``use_tokens``, each request takes its prompt and output sizes
-    from the trace instead of the request mix.
+    from the trace instead of the request mix; with ``use_tokens: output``, only its output
+    size (for a service that builds its prompts itself, such as a RAG gateway whose retrieved
+    context a client cannot choose: the mix's query, top_k and chunks make the prompt).
     """
 
     kind: Literal["trace"]
     file: Path
     speedup: Annotated[float, Field(gt=0, le=10_000)] = 1.0
     offset_s: NonNegative = 0.0
-    use_tokens: bool = True
+    use_tokens: bool | Literal["output"] = True
 
     @field_validator("file")
     @classmethod

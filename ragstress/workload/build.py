@@ -79,7 +79,9 @@ def build_workload(scenario: Scenario, seed: int | None = None) -> Workload:
         t = (trace.arrival_s - arrivals.offset_s) / arrivals.speedup
         keep = (t >= 0) & (t < span)
         arrival_s = t[keep]
-        if arrivals.use_tokens:
+        if arrivals.use_tokens == "output":
+            trace_out = trace.output_tokens[keep]
+        elif arrivals.use_tokens:
             trace_in, trace_out = trace.input_tokens[keep], trace.output_tokens[keep]
     else:
         cv = getattr(arrivals, "cv", 1.0)
@@ -89,8 +91,10 @@ def build_workload(scenario: Scenario, seed: int | None = None) -> Workload:
     truncated = arrival_s.size > scenario.max_requests
     if truncated:
         arrival_s = arrival_s[: scenario.max_requests]
-        if trace_in is not None and trace_out is not None:
-            trace_in, trace_out = trace_in[: arrival_s.size], trace_out[: arrival_s.size]
+        if trace_in is not None:
+            trace_in = trace_in[: arrival_s.size]
+        if trace_out is not None:
+            trace_out = trace_out[: arrival_s.size]
     n = int(arrival_s.size)
 
     mix = scenario.requests
@@ -109,11 +113,12 @@ def build_workload(scenario: Scenario, seed: int | None = None) -> Workload:
         first = np.full(mix.distinct_queries, -1, dtype=np.int64)
         first[query_id[::-1]] = np.arange(n - 1, -1, -1)
         query_tokens = query_tokens[first[query_id]]
-    if trace_in is not None and trace_out is not None:
+    if trace_in is not None:
         # The trace's prompt size is the LLM's whole input; keep the mix's query size (as
         # repeated queries set it above) and let the retrieved context make up the rest, so
         # the LLM reads what the trace recorded.
         context_tokens = np.maximum(trace_in - query_tokens, 0)
+    if trace_out is not None:
         output_tokens = np.maximum(trace_out, 1)
     query_id = query_id.astype(np.int64, copy=False)  # before freezing: astype copies
     columns = [arrival_s, query_id, query_tokens, top_k, context_tokens, output_tokens]

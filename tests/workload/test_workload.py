@@ -344,6 +344,12 @@ def test_azure_trace_tokens() -> None:
     assert not np.array_equal(own.output_tokens, w.output_tokens)
     assert (own.context_tokens == own.top_k * 256).all()  # the default mix: 5 chunks of 256
 
+    # only the answers' sizes from the trace: the prompt is the mix's (a RAG gateway's)
+    answers = _trace(3600.0, use_tokens="output")
+    assert np.array_equal(answers.output_tokens, w.output_tokens)
+    assert np.array_equal(answers.context_tokens, own.context_tokens)
+    assert np.array_equal(answers.query_tokens, own.query_tokens)
+
 
 def test_plain_trace_format(tmp_path: Path) -> None:
     path = tmp_path / "plain.csv"
