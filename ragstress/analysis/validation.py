@@ -39,6 +39,8 @@ common requests that *arrived* in the predicted run's ``[warmup_s, duration_s)``
   requests (``ok``, ``ok_degraded``), each side its own answered set.
 - ``throughput``: as ``summary.json`` defines it, answers that *finished* in the window per
   second of window (so for whole runs it equals the summaries' ``throughput_rps``).
+- ``degraded_rate``: the share answered by a fallback (``ok_degraded``): where a fallback
+  hides a brownout from the error rate, this is what the brownout did;
 - ``error_rate``: the share of the window's requests not answered, and ``error_rate.<kind>``
   per failure outcome seen on either side. Besides the relative error (undefined where the
   measured rate is 0) each carries the absolute difference in percentage points.
@@ -172,6 +174,7 @@ TOLERANCE_KEYS: tuple[str, ...] = (
     "ttft_p99",
     "throughput",
     "error_rate",
+    "degraded_rate",
     "error_kind",
     "stage",
     "recovery",
@@ -185,12 +188,13 @@ DEFAULT_TOLERANCES: Mapping[str, Tolerance | None] = {
     "ttft_p99": Tolerance(0.10),
     "throughput": Tolerance(0.05),
     "error_rate": Tolerance(0.10),
+    "degraded_rate": Tolerance(0.10),
     "error_kind": None,
     "stage": None,
     "recovery": Tolerance(0.10),
 }
 _ALIASES = {f"latency_{name}": name for name, _ in QUANTILES}
-_PP_KEYS = frozenset({"error_rate", "error_kind"})
+_PP_KEYS = frozenset({"error_rate", "degraded_rate", "error_kind"})
 
 
 class ValidationInputError(ValueError):
@@ -513,6 +517,9 @@ def _figures(kinds: Sequence[str], stages: Sequence[str]) -> list[_Figure]:
     out += [_Figure(f"ttft_{q}", f"TTFT {q}", "s", f"ttft_{q}") for q, _ in QUANTILES]
     out.append(_Figure("throughput", "throughput", "req/s", "throughput"))
     out.append(_Figure("error_rate", "error rate", "share", "error_rate"))
+    # answered by a fallback (ok_degraded): where a fallback hides a brownout's errors from
+    # the error rate, this share is what the brownout did
+    out.append(_Figure("degraded_rate", "degraded rate", "share", "degraded_rate"))
     out += [_Figure(f"error_rate.{k}", f"error rate: {k}", "share", "error_kind") for k in kinds]
     out += [_Figure(f"stage.{s}", f"stage time: {s}", "s", "stage") for s in stages]
     return out
@@ -532,6 +539,7 @@ class _Side:
     done: np.ndarray  # answered and finished inside the window (throughput)
     in_window: np.ndarray
     failed: np.ndarray
+    degraded: np.ndarray
     kind_code: np.ndarray  # index into kinds; len(kinds) for answers and unlisted outcomes
     n_kinds: int
     stage_time: np.ndarray  # stages × requests, 0 where not reached
@@ -579,6 +587,7 @@ class _Side:
             done=done,
             in_window=in_window,
             failed=~answered,
+            degraded=outcome == "ok_degraded",
             kind_code=code,
             n_kinds=len(kinds),
             stage_time=times,
@@ -602,6 +611,7 @@ class _Side:
         window = take(self.in_window)
         n = int(window.sum())
         out.append(float(take(self.failed)[window].sum()) / n if n else math.nan)
+        out.append(float(take(self.degraded)[window].sum()) / n if n else math.nan)
         counts = np.bincount(take(self.kind_code)[window], minlength=self.n_kinds + 1)
         out += (counts[: self.n_kinds] / n if n else np.full(self.n_kinds, math.nan)).tolist()
         hits = take(self.stage_hit).sum(axis=1)

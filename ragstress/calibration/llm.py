@@ -281,8 +281,8 @@ def fit_llm_engine(stage: LlmEngineStage, runs: Sequence[StageRun], options: Opt
             prefill = choose_slope(prompt, y2, prior.per_prefill_token_s, "per_prefill_token_s")
             pp = prefill.value
     assert decode_fit is not None
-    pp_se = 0.0
-    if prefill is not None and prefill.fit is not None:
+    pp_se = 0.0  # a kept prior is taken as given; a fitted slope brings its uncertainty
+    if prefill is not None and prefill.significant and prefill.fit is not None:
         pp_se = float(prefill.fit["slope"].se)
     overhead = _overhead_key(stage, rows, (base, pd, pp, pp_se), options)
     warnings = [w for r in runs for w in load_warnings(r, check_in_flight=False)]
@@ -375,7 +375,7 @@ def _overhead_key(
     """``call_overhead`` from the first-token rows (see the module docstring) and its mean's
     (estimate, low, high) 95 % interval; None when there are too few rows. ``step``: the
     fitted base_s, per_decode_seq_s, per_prefill_token_s and the latter's standard error
-    (carried into the interval)."""
+    (carried into the interval; 0 when the slope is the profile's, kept)."""
     base, pd, pp, pp_se = step
     sent = _cat(rows, "sent_ttft", "first")
     ok = np.isfinite(sent)
@@ -443,7 +443,7 @@ def _overhead_key(
         "call_overhead",
         value,
         f"fitted: call overhead {family}, mean {mean:.4g} s [{low:.4g}, {high:.4g}] (with the "
-        f"prefill slope's uncertainty) {source}; {was}",
+        f"fitted prefill slope's uncertainty, if any) {source}; {was}",
     ), interval
 
 

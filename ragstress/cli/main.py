@@ -451,28 +451,6 @@ def schema(what: str) -> None:
     click.echo(json.dumps(schemas if what == "all" else schemas[what], indent=2))
 
 
-@main.command()
-@click.option(
-    "--scenario", type=click.Path(path_type=Path), default=DEFAULT_SCENARIO, show_default=True
-)
-@click.option(
-    "--profile", "-p", type=click.Path(path_type=Path), default=DEFAULT_PROFILE, show_default=True
-)
-@click.option(
-    "--out", "-o", type=click.Path(path_type=Path), default=Path("results/demo"), show_default=True
-)
-def demo(scenario: Path, profile: Path, out: Path) -> None:
-    """Simulate the default scenario on the default profile and write its report."""
-    from ragstress.api import simulate_files
-    from ragstress.report import write_report
-
-    with _user_errors(), _progress("simulating", True) as progress:
-        run = simulate_files(scenario, profile, out, progress=progress)
-        click.echo(format_summary(run.summary))
-        for path in write_report(out):
-            click.echo(f"wrote {path}")
-
-
 def _fmt(value: Any, unit: str = "", digits: int = 3) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"
@@ -522,11 +500,12 @@ def _register_commands() -> None:
     # Commands that live in their own modules (they import main's helpers lazily).
     from ragstress.cli.calibrate import calibrate
     from ragstress.cli.chaos import chaos
+    from ragstress.cli.demo import demo
     from ragstress.cli.run import run
     from ragstress.cli.serve import serve
     from ragstress.cli.validate import validate
 
-    for command in (serve, run, chaos, validate, calibrate):
+    for command in (demo, serve, run, chaos, validate, calibrate):
         main.add_command(command)
 
 

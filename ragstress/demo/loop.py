@@ -1,22 +1,36 @@
 """Issue 8's loop against the live reference stack, end to end, in one call.
 
-1. start the reference stack with the chaos proxy (on a machine with two or more CPUs the
-   stack is pinned to the last CPU and the load generator to the first, so they do not
-   compete);
+1. start the reference stack with the chaos proxy (with ``pin_cpus``, on a machine with
+   two or more CPUs, the stack is pinned to the last CPU and the load generator to the
+   first; by default both share every CPU: the stack's five processes on one core make its
+   first-token times jitter with load, and the driver needs well under 1 % of a core here);
 2. measure a short run at each low rate (the request mix of ``scenarios/reference-steady``
    at a constant Poisson rate);
 3. calibrate the profile from those runs → ``out/calibrated.yaml``;
-4. estimate the capacity from the calibrated model (where its p95 doubles against a light
-   load) unless one is given, then predict (simulate) and measure each load fraction of it
-   into ``out/predicted/<level>`` and ``out/measured/<level>``;
-5. optionally a brownout: 429s with ``retry-after`` on ``generate`` in the middle of a run at
-   half the capacity, predicted and measured through the chaos proxy;
-6. validate predicted against measured and write ``validation.json`` and the report into
-   ``out``.
+4. the capacity: the **maximum sustainable rate** under the scenario's SLO (the highest
+   rate at which every objective holds), found on the calibrated model by the capacity
+   search (:mod:`ragstress.capacity.search`: bracketing, then bisection to 2 %, three seeds
+   per rate) with runs as long as the measured ones — unless one is given;
+5. predict (simulate) and measure each load fraction of it into ``out/predicted/<level>``
+   and ``out/measured/<level>``;
+6. measure the maximum sustainable rate on the stack: runs just below and just above the
+   prediction (×0.95, ×1.05), widened outward until one passes and one fails, then
+   bisected; each probe also predicted, into ``out/capacity/{predicted,measured}``; the
+   measured figure is the final bracket's geometric middle → ``out/capacity.json``;
+7. a brownout (10 s of 429s with ``retry-after`` on ``generate``, through the chaos proxy,
+   at 80 % of the capacity, with a 10 s baseline before it and time enough after it to judge
+   recovery) and a replay of the Azure conversation trace
+   (``scenarios/reference-azure-conv.yaml``), each predicted and measured;
+8. validate predicted against measured and write ``validation.json``, the charts and the
+   report (with the capacity section and chart) into ``out``.
 
 Every measured scenario gets its own seed: the gateway caches query embeddings by text for
 10 minutes, so a repeated seed would repeat the questions and skip the embedder. A level's
 prediction and measurement share the scenario and its seed.
+
+The load levels, the brownout and the trace are validated figure by figure; the capacity
+probes are not (past the capacity, latency depends on how long the queue has grown), but
+decide the measured maximum sustainable rate.
 
 A validation miss is a finding, not a failure of the demo: :class:`DemoResult` says whether
 validation passed; :class:`DemoError` is raised only when a step could not be done.
@@ -24,6 +38,7 @@ validation passed; :class:`DemoError` is raised only when a step could not be do
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -41,23 +56,29 @@ import yaml
 from ragstress.analysis.validation import load_runs, pair_runs, parse_tolerances, validate
 from ragstress.api import simulate_scenario
 from ragstress.calibration import calibrate_files
+from ragstress.capacity.search import Capacity, SearchSettings, find_capacities
+from ragstress.capacity.sweep import PointRunner
 from ragstress.config import Profile, Scenario, load_profile, load_scenario
+from ragstress.demo.capacity import MeasuredCapacity, capacity_document, write_capacity_report
 from ragstress.reference.settings import CorpusSettings
 from ragstress.reference.stack import ReferenceStack, StackOptions
 from ragstress.report.validation_report import write_validation_json, write_validation_report
 from ragstress.results import write_run
 
-__all__ = ["DemoError", "DemoResult", "run_demo"]
+__all__ = ["DemoError", "DemoResult", "predict_capacity", "run_demo"]
 
 REPO = Path(__file__).resolve().parents[2]
 BASE_SCENARIO = REPO / "scenarios" / "reference-steady.yaml"
+TRACE_SCENARIO = REPO / "scenarios" / "reference-azure-conv.yaml"
 BASE_SEED = 20261121
 RUN_EXIT_OK = (0, 3)  # ragstress run: 0 every SLO held, 3 one was missed (still a run)
-STEPS = 7
-CAPACITY_PROBE_S = 120.0  # simulated seconds per rate when estimating the capacity
-CAPACITY_FACTOR = 2.0  # capacity: where the model's p95 is this many times the light-load p95
-CAPACITY_LIGHT_RPS = 0.5
-CAPACITY_MAX_RPS = 1000.0
+STEPS = 8
+CAPACITY_TOLERANCE = 0.02  # the model's search stops at a bracket this narrow (relative)
+PROBE_FACTORS = (0.95, 1.05)  # the first measured capacity probes, around the prediction
+WIDEN = 1.15  # then outward by this factor until one passes and one fails
+MAX_WIDEN = 2
+BROWNOUT_START_S = 20.0
+CAPACITY_FIVE_PERCENT = 0.05  # the issue's bar for the maximum sustainable rate
 # calibration wants 30 requests per stage; the low-load runs are lengthened (all alike) until
 # they are expected to give this many in their measurement windows together
 CALIBRATION_REQUESTS = 40
@@ -82,6 +103,7 @@ class DemoResult:
     passed: bool
     misses: int
     table: str  # the console report, as ``ragstress validate`` prints it
+    capacity: dict[str, Any] = field(default_factory=dict)  # capacity.json
     timings_s: dict[str, float] = field(default_factory=dict)
     wall_s: float = 0.0
 
@@ -137,39 +159,17 @@ def _write_scenario(scenario: Scenario, path: Path) -> Path:
     return path
 
 
-def _p95(scenario: Scenario, profile: Profile) -> float:
-    run = simulate_scenario(scenario, profile)
-    value = run.summary.get("latency_s", {}).get("p95")
-    if value is None or run.summary.get("answered", 0) == 0:
-        return float("inf")
-    return float(value)
-
-
-def estimate_capacity(base: Scenario, profile: Profile, *, seed: int = BASE_SEED) -> float:
-    """The rate where the model's p95 latency reaches CAPACITY_FACTOR × its light-load p95:
-    doubling rates to bracket it, then bisection."""
-
-    def p95_at(rps: float) -> float:
-        return _p95(
-            _scenario(base, name="capacity", rps=rps, seconds=CAPACITY_PROBE_S, seed=seed),
-            profile,
-        )
-
-    limit = CAPACITY_FACTOR * p95_at(CAPACITY_LIGHT_RPS)
-    low, high = CAPACITY_LIGHT_RPS, CAPACITY_LIGHT_RPS * 2
-    while p95_at(high) < limit:
-        low, high = high, high * 2
-        if high > CAPACITY_MAX_RPS:
-            raise DemoError(
-                f"the calibrated model does not saturate below {CAPACITY_MAX_RPS} req/s"
-            )
-    for _ in range(10):
-        mid = (low + high) / 2
-        if p95_at(mid) < limit:
-            low = mid
-        else:
-            high = mid
-    return round((low + high) / 2, 2)
+def predict_capacity(base: Scenario, profile: Profile, *, seconds: float, seed: int) -> Capacity:
+    """The calibrated model's maximum sustainable rate for ``base``'s mix and SLO, with runs
+    of ``seconds`` (as long as the measured ones: past the capacity the queue grows with
+    the run's length, so the verdict depends on it)."""
+    scenario = _scenario(base, name="capacity", rps=1.0, seconds=seconds, seed=seed)
+    settings = SearchSettings(
+        tolerance=CAPACITY_TOLERANCE, replications=3, max_replications=6, seed=seed
+    )
+    with PointRunner(scenario, profile, workers=1) as runner:
+        [capacity] = find_capacities(runner, [("calibrated", {})], settings, start_rps=1.0)
+    return capacity
 
 
 def run_demo(
@@ -178,12 +178,19 @@ def run_demo(
     profile_path: Path,
     corpus_documents: int = 300,
     low_rates: Sequence[float] = (1.0, 3.0),
-    load_fractions: Sequence[float] = (0.1, 0.3, 0.5, 0.7, 0.9),
+    low_seconds_each: float = 30.0,
+    load_fractions: Sequence[float] = (0.1, 0.4, 0.7, 0.9),
     capacity_rps: float | None = None,
     seconds: float = 40.0,
+    measure_capacity: bool = True,
+    bisections: int = 1,
     brownout: bool = True,
-    brownout_seconds: float = 40.0,
+    brownout_fraction: float = 0.8,
+    brownout_seconds: float = 70.0,
     brownout_window_s: float = 10.0,
+    trace: bool = True,
+    trace_scenario: Path = TRACE_SCENARIO,
+    pin_cpus: bool = False,
     progress: Callable[[str], None] = lambda _m: None,
 ) -> DemoResult:
     """Run the loop (see the module docstring) and write everything into ``out``."""
@@ -191,7 +198,8 @@ def run_demo(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     predicted_dir, measured_dir = out / "predicted", out / "measured"
-    for folder in (predicted_dir, measured_dir, out / "low"):
+    capacity_dir = out / "capacity"
+    for folder in (predicted_dir, measured_dir, out / "low", capacity_dir):
         if folder.exists():
             shutil.rmtree(folder)
     timings: dict[str, float] = {}
@@ -211,8 +219,13 @@ def run_demo(
 
     base = load_scenario(BASE_SCENARIO)
     original = load_profile(profile_path)
-    stack_cpus, driver_cpu = _affinity()
+    stack_cpus, driver_cpu = _affinity() if pin_cpus else (None, None)
     seeds = iter(range(BASE_SEED, BASE_SEED + 10_000))
+    levels: dict[str, float] = {}
+    offered: dict[str, float] = {}  # run name → the offered rate of its workload
+    predicted_ratios: dict[float, float] = {}  # constant-rate run's rate → model's SLO ratio
+    measured_capacity: MeasuredCapacity | None = None
+    predicted_capacity: Capacity | None = None
 
     t = next_step(
         f"starting the reference stack ({corpus_documents} documents, chaos proxy"
@@ -263,8 +276,27 @@ def run_demo(
                 raise DemoError(f"ragstress run {folder.name} exited {proc.returncode}:\n{tail}")
             return folder
 
+        def both(
+            scenario: Scenario,
+            name: str,
+            pred: Path,
+            meas: Path,
+            *,
+            rate: float | None = None,
+            chaos: bool = False,
+        ) -> Path:
+            """Predict and measure one scenario; returns the measured folder. ``rate``: a
+            constant-rate run's rate, whose predicted SLO ratio the capacity chart shows."""
+            sim = simulate_scenario(scenario, calibrated)
+            write_run(pred / name, sim.result, sim.summary)
+            offered[name] = round(float(sim.summary["offered_rps"]), 3)
+            ratio = sim.summary.get("slo_ratio")
+            if rate is not None and ratio is not None:
+                predicted_ratios[rate] = float(ratio)
+            return measure(scenario, meas / name, chaos=chaos)
+
         # 2. low-load runs for calibration
-        low_s = low_seconds(base, low_rates, seconds)
+        low_s = low_seconds(base, low_rates, low_seconds_each)
         t = next_step(f"measuring {len(low_rates)} low-load run(s) of {low_s:g} s")
         low_runs: list[Path] = []
         for rps in low_rates:
@@ -285,34 +317,61 @@ def run_demo(
         calibrated = calibration.profile
         done("calibrate", t)
 
-        # 4. capacity, then predict and measure each load level
-        t = next_step("capacity and load levels")
+        # 4. the maximum sustainable rate on the calibrated model
+        t = next_step("capacity: the maximum sustainable rate under the SLO")
         estimated = capacity_rps is None
         if capacity_rps is None:
-            capacity_rps = estimate_capacity(base, calibrated)
-            say(f"  capacity from the calibrated model: {capacity_rps:g} req/s (p95 doubles)")
+            predicted_capacity = predict_capacity(base, calibrated, seconds=seconds, seed=BASE_SEED)
+            capacity_rps = round(predicted_capacity.max_rate_rps, 3)
+            if capacity_rps <= 0:
+                raise DemoError("the calibrated model sustains no rate under the SLO")
+            say(
+                f"  predicted by the calibrated model: {capacity_rps:g} req/s "
+                f"({predicted_capacity.runs} simulated runs)"
+            )
         else:
             say(f"  capacity given: {capacity_rps:g} req/s")
-        done("capacity", t)
-        levels: dict[str, float] = {}
-        t = time.monotonic()
+        done("capacity_model", t)
+
+        # 5. load levels
+        t = next_step(f"load levels: {', '.join(f'{f:.0%}' for f in load_fractions)}")
+        ratios: dict[float, float] = {}
         for fraction in load_fractions:
             name = f"load-{round(fraction * 100):03d}"
             rps = round(fraction * capacity_rps, 3)
             levels[name] = rps
             scenario = _scenario(base, name=name, rps=rps, seconds=seconds, seed=next(seeds))
             say(f"  {name}: {rps:g} req/s — predicting and measuring")
-            sim = simulate_scenario(scenario, calibrated)
-            write_run(predicted_dir / name, sim.result, sim.summary)
-            measure(scenario, measured_dir / name)
+            folder = both(scenario, name, predicted_dir, measured_dir, rate=rps)
+            ratios[rps] = _slo_ratio(folder)
         done("load_levels", t)
 
-        # 5. brownout
-        t = next_step("brownout" if brownout else "brownout (skipped)")
+        # 6. the maximum sustainable rate on the stack
+        t = next_step("measuring the maximum sustainable rate" if measure_capacity else "(skipped)")
+        if measure_capacity:
+
+            def probe(rps: float) -> float:
+                name = f"rate-{rps:g}"
+                scenario = _scenario(base, name=name, rps=rps, seconds=seconds, seed=next(seeds))
+                folder = both(
+                    scenario, name, capacity_dir / "predicted", capacity_dir / "measured", rate=rps
+                )
+                ratio = _slo_ratio(folder)
+                say(f"  {rps:g} req/s: SLO ratio {ratio:.3g} ({'met' if ratio <= 1 else 'missed'})")
+                return ratio
+
+            measured_capacity = _measure_capacity(capacity_rps, ratios, probe, bisections)
+            say(f"  measured: {measured_capacity.describe()}")
+        done("capacity_measured", t)
+
+        # 7. brownout and trace
+        t = next_step("brownout and trace replay")
         if brownout:
             name = "brownout"
-            rps = round(0.5 * capacity_rps, 3)
-            start = max(0.0, (brownout_seconds - brownout_window_s) / 2)
+            rps = round(brownout_fraction * capacity_rps, 3)
+            # a pre-fault baseline of 10 s after the warm-up, and the rest of the run to
+            # judge recovery in (recovery needs ~200 arrivals of calm after the window)
+            start = min(BROWNOUT_START_S, max(0.0, (brownout_seconds - brownout_window_s) / 2))
             fault = {
                 "kind": "error",
                 "stage": "generate",
@@ -332,13 +391,18 @@ def run_demo(
             )
             levels[name] = rps
             say(
-                f"  {rps:g} req/s, 429 on generate from {start:g} s to "
+                f"  brownout: {rps:g} req/s, 429 on generate from {start:g} s to "
                 f"{start + brownout_window_s:g} s — predicting and measuring"
             )
-            sim = simulate_scenario(scenario, calibrated)
-            write_run(predicted_dir / name, sim.result, sim.summary)
-            measure(scenario, measured_dir / name, chaos=True)
-        done("brownout", t)
+            both(scenario, name, predicted_dir, measured_dir, chaos=True)
+        if trace:
+            replay = load_scenario(trace_scenario)
+            replay = replay.model_copy(update={"seed": next(seeds)})
+            name = "azure-conv"
+            say(f"  trace: {replay.name} ({replay.duration_s:g} s) — predicting and measuring")
+            both(replay, name, predicted_dir, measured_dir)
+            levels[name] = offered[name]
+        done("brownout_trace", t)
     finally:
         t = time.monotonic()
         say("stopping the reference stack")
@@ -346,7 +410,7 @@ def run_demo(
         shutil.rmtree(data_dir, ignore_errors=True)
         timings["stop_stack"] = round(time.monotonic() - t, 2)
 
-    # 6. validate
+    # 8. validate
     t = next_step("validating predicted against measured")
     from ragstress.cli.validate import format_validation
 
@@ -360,6 +424,17 @@ def run_demo(
     )
     validation_json = write_validation_json(validation, out)
     report = write_validation_report(validation, out)
+    capacity_doc = capacity_document(
+        capacity_rps,
+        predicted_capacity,
+        measured_capacity,
+        tolerance=CAPACITY_FIVE_PERCENT,
+        predicted_ratios=predicted_ratios,
+        run_seconds=seconds,
+    )
+    capacity_json = out / "capacity.json"
+    capacity_json.write_text(json.dumps(capacity_doc, indent=2) + "\n", encoding="utf-8")
+    report += write_capacity_report(capacity_doc, out)
     table = format_validation(validation)
     done("validate", t)
 
@@ -380,6 +455,53 @@ def run_demo(
         passed=validation.passed,
         misses=len(validation.misses),
         table=table,
+        capacity=capacity_doc,
         timings_s=timings,
         wall_s=round(time.monotonic() - began, 2),
     )
+
+
+def _slo_ratio(folder: Path) -> float:
+    """A run's SLO ratio (worst objective over its target; ≤ 1: the SLO held)."""
+    summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+    value = summary.get("slo_ratio")
+    return float("inf") if value is None else float(value)
+
+
+def _measure_capacity(
+    predicted_rps: float,
+    ratios: dict[float, float],
+    probe: Callable[[float], float],
+    bisections: int,
+) -> MeasuredCapacity:
+    """Bracket the measured crossing around the prediction (see the module docstring).
+    ``ratios``: rates already measured (the load levels) → SLO ratio; ``probe(rate)``
+    measures one more rate (rounded to 1 mHz) and returns its SLO ratio."""
+
+    def bracket() -> tuple[float | None, float | None]:
+        failed = [r for r, v in ratios.items() if v > 1.0]
+        high = min(failed) if failed else None
+        passed = [r for r, v in ratios.items() if v <= 1.0 and (high is None or r < high)]
+        return (max(passed) if passed else None), high
+
+    def ask(rps: float) -> None:
+        rps = round(rps, 3)
+        ratios[rps] = probe(rps)
+
+    for factor in PROBE_FACTORS:
+        ask(predicted_rps * factor)
+    for _ in range(MAX_WIDEN):
+        low, high = bracket()
+        if high is None:
+            ask(max(ratios) * WIDEN)
+        elif low is None:
+            ask(min(ratios) / WIDEN)
+        else:
+            break
+    for _ in range(bisections):
+        low, high = bracket()
+        if low is None or high is None:
+            break
+        ask(math.sqrt(low * high))
+    low, high = bracket()
+    return MeasuredCapacity(low_rps=low, high_rps=high, ratios=dict(sorted(ratios.items())))

@@ -10,8 +10,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
 from ragstress.config.loader import load_profile
 from ragstress.demo import run_demo
+from ragstress.demo.loop import TRACE_SCENARIO
 from ragstress.results.store import read_run
 from tests.builders import REFERENCE_PROFILE
 
@@ -57,6 +60,17 @@ def _leftovers(before: set[int], timeout_s: float = 10.0) -> set[int]:
         time.sleep(0.2)
 
 
+def _short_trace(folder: Path) -> Path:
+    """The demo's trace scenario cut to 8 s (the trace file by absolute path)."""
+    doc = yaml.safe_load(TRACE_SCENARIO.read_text(encoding="utf-8"))
+    doc["duration_s"] = 8
+    doc["warmup_s"] = 1
+    doc["arrivals"]["file"] = str(TRACE_SCENARIO.parent / doc["arrivals"]["file"])
+    path = folder / "trace.yaml"
+    path.write_text(yaml.safe_dump(doc), encoding="utf-8")
+    return path
+
+
 def test_short_demo_writes_every_output_and_stops_the_stack(tmp_path: Path) -> None:
     before = _descendants(os.getpid())
     lines: list[str] = []
@@ -66,32 +80,39 @@ def test_short_demo_writes_every_output_and_stops_the_stack(tmp_path: Path) -> N
         profile_path=REFERENCE_PROFILE,
         corpus_documents=40,
         low_rates=(2.0,),
+        low_seconds_each=8,
         load_fractions=(0.3, 0.6),
         capacity_rps=7.0,
         seconds=8,
+        measure_capacity=False,
         brownout=True,
         brownout_seconds=10,
         brownout_window_s=3,
+        trace=True,
+        trace_scenario=_short_trace(tmp_path),
         progress=lines.append,
     )
 
     # progress: every step announced, with its number and the elapsed time
-    for k in range(1, 8):
-        assert any(line.startswith(f"[{k}/7] ") for line in lines), lines
+    for k in range(1, 9):
+        assert any(line.startswith(f"[{k}/8] ") for line in lines), lines
     assert all(line.rstrip().endswith(" s)") for line in lines), lines
 
     assert result.capacity_rps == 7.0
     assert not result.capacity_estimated
-    assert result.levels == {"load-030": 2.1, "load-060": 4.2, "brownout": 3.5}
+    trace_rate = result.levels.pop("azure-conv")
+    assert 0.5 < trace_rate < 3.0  # the trace's own pace over its first seconds
+    assert result.levels == {"load-030": 2.1, "load-060": 4.2, "brownout": 5.6}  # 80 %
     load_profile(result.calibrated)
-    for name in result.levels:
+    for name in [*result.levels, "azure-conv"]:
         predicted = read_run(out / "predicted" / name)
         measured = read_run(out / "measured" / name)
         assert predicted.manifest.source == "simulated"
         assert measured.manifest.source != "simulated"
+        assert len(predicted) == len(measured)  # the same workload on both sides
     doc = json.loads(result.validation_json.read_text())
     pairs = {pair["level"]: pair for pair in doc["pairs"]}
-    assert set(pairs) == set(result.levels)
+    assert set(pairs) == {*result.levels, "azure-conv"}
     for pair in pairs.values():
         assert pair["metrics"], pair
         numbers = [
@@ -101,7 +122,10 @@ def test_short_demo_writes_every_output_and_stops_the_stack(tmp_path: Path) -> N
         ]
         assert numbers, pair
     assert (out / "validation.html").is_file()
-    assert (out / "validation.md").is_file()
+    assert "Maximum sustainable rate" in (out / "validation.md").read_text()
+    capacity = json.loads((out / "capacity.json").read_text())
+    assert capacity["predicted_rps"] == 7.0
+    assert capacity["measured"] is None
     assert result.table.splitlines()[-1].startswith("validation ")
     assert isinstance(result.passed, bool)
     assert set(result.timings_s) >= {"start_stack", "calibrate", "load_levels", "validate"}
