@@ -12,7 +12,8 @@
    search (:mod:`ragstress.capacity.search`: bracketing, then bisection to 2 %, three seeds
    per rate) with runs as long as the measured ones — unless one is given;
 5. predict (simulate) and measure each load fraction of it into ``out/predicted/<level>``
-   and ``out/measured/<level>``;
+   and ``out/measured/<level>`` (a light level runs longer than ``seconds``, until about
+   ``min_level_requests`` requests fall after its warm-up);
 6. measure the maximum sustainable rate on the stack: runs just below and just above the
    prediction (×0.95, ×1.05), widened outward until one passes and one fails, then
    bisected; each probe also predicted, into ``out/capacity/{predicted,measured}``; the
@@ -152,6 +153,15 @@ def low_seconds(base: Scenario, rates: Sequence[float], seconds: float) -> float
     return float(math.ceil(warmup + CALIBRATION_REQUESTS / total))
 
 
+def level_seconds(base: Scenario, rps: float, seconds: float, min_requests: int) -> float:
+    """A load level's run length: ``seconds``, or longer when fewer than ``min_requests``
+    would arrive after the warm-up (a light level's p50 over a dozen requests is noise)."""
+    warmup = _scenario(base, name="level", rps=1.0, seconds=seconds, seed=0).warmup_s
+    if rps <= 0 or rps * (seconds - warmup) >= min_requests:
+        return seconds
+    return float(math.ceil(warmup + min_requests / rps))
+
+
 def _write_scenario(scenario: Scenario, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     data = scenario.model_dump(mode="json", exclude_none=True)
@@ -182,6 +192,7 @@ def run_demo(
     load_fractions: Sequence[float] = (0.1, 0.4, 0.7, 0.9),
     capacity_rps: float | None = None,
     seconds: float = 40.0,
+    min_level_requests: int = 40,
     measure_capacity: bool = True,
     bisections: int = 1,
     brownout: bool = True,
@@ -340,8 +351,9 @@ def run_demo(
             name = f"load-{round(fraction * 100):03d}"
             rps = round(fraction * capacity_rps, 3)
             levels[name] = rps
-            scenario = _scenario(base, name=name, rps=rps, seconds=seconds, seed=next(seeds))
-            say(f"  {name}: {rps:g} req/s — predicting and measuring")
+            length = level_seconds(base, rps, seconds, min_level_requests)
+            scenario = _scenario(base, name=name, rps=rps, seconds=length, seed=next(seeds))
+            say(f"  {name}: {rps:g} req/s for {length:g} s — predicting and measuring")
             folder = both(scenario, name, predicted_dir, measured_dir, rate=rps)
             ratios[rps] = _slo_ratio(folder)
         done("load_levels", t)

@@ -12,7 +12,13 @@ import pytest
 from ragstress.api import simulate_scenario
 from ragstress.config import load_profile, load_scenario
 from ragstress.demo.capacity import MeasuredCapacity, capacity_document, write_capacity_report
-from ragstress.demo.loop import BASE_SCENARIO, _measure_capacity, _scenario, predict_capacity
+from ragstress.demo.loop import (
+    BASE_SCENARIO,
+    _measure_capacity,
+    _scenario,
+    level_seconds,
+    predict_capacity,
+)
 from tests.builders import REFERENCE_PROFILE
 
 
@@ -101,3 +107,11 @@ def test_the_models_search_brackets_its_own_crossing() -> None:
         _scenario(base, name="x", rps=1.3 * rate, seconds=30, seed=5), profile
     )
     assert missed.summary["slo_ratio"] > 1.0
+
+
+def test_a_light_level_runs_until_it_has_enough_requests() -> None:
+    base = load_scenario(BASE_SCENARIO)
+    # 40 s runs keep 10 s of warm-up: at 3 req/s 90 requests follow it, at 0.75 only 22
+    assert level_seconds(base, 3.0, 40, 40) == 40
+    assert level_seconds(base, 0.75, 40, 40) == 64  # ⌈10 + 40 / 0.75⌉
+    assert level_seconds(base, 0.75, 40, 0) == 40

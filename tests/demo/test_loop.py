@@ -84,6 +84,7 @@ def test_short_demo_writes_every_output_and_stops_the_stack(tmp_path: Path) -> N
         load_fractions=(0.3, 0.6),
         capacity_rps=7.0,
         seconds=8,
+        min_level_requests=10,
         measure_capacity=False,
         brownout=True,
         brownout_seconds=10,
