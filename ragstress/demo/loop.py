@@ -14,10 +14,11 @@
 5. predict (simulate) and measure each load fraction of it into ``out/predicted/<level>``
    and ``out/measured/<level>`` (a light level runs longer than ``seconds``, until about
    ``min_level_requests`` requests fall after its warm-up);
-6. measure the maximum sustainable rate on the stack: runs just below and just above the
-   prediction (×0.95, ×1.05), widened outward until one passes and one fails, then
-   bisected; each probe also predicted, into ``out/capacity/{predicted,measured}``; the
-   measured figure is the final bracket's geometric middle → ``out/capacity.json``;
+6. measure the maximum sustainable rate on the stack with ``capacity_probes`` runs (3):
+   just below and just above the prediction (×0.95, ×1.05), widened outward until one
+   passes and one fails, then bisected; each probe also predicted, into
+   ``out/capacity/{predicted,measured}``; the measured figure is the final bracket's
+   geometric middle → ``out/capacity.json``;
 7. a brownout (10 s of 429s with ``retry-after`` on ``generate``, through the chaos proxy,
    at 80 % of the capacity, with a 10 s baseline before it and time enough after it to judge
    recovery) and a replay of the Azure conversation trace
@@ -77,7 +78,6 @@ STEPS = 8
 CAPACITY_TOLERANCE = 0.02  # the model's search stops at a bracket this narrow (relative)
 PROBE_FACTORS = (0.95, 1.05)  # the first measured capacity probes, around the prediction
 WIDEN = 1.15  # then outward by this factor until one passes and one fails
-MAX_WIDEN = 2
 BROWNOUT_START_S = 20.0
 CAPACITY_FIVE_PERCENT = 0.05  # the issue's bar for the maximum sustainable rate
 # calibration wants 30 requests per stage; the low-load runs are lengthened (all alike) until
@@ -194,7 +194,7 @@ def run_demo(
     seconds: float = 40.0,
     min_level_requests: int = 40,
     measure_capacity: bool = True,
-    bisections: int = 1,
+    capacity_probes: int = 3,
     brownout: bool = True,
     brownout_fraction: float = 0.8,
     brownout_seconds: float = 70.0,
@@ -372,7 +372,7 @@ def run_demo(
                 say(f"  {rps:g} req/s: SLO ratio {ratio:.3g} ({'met' if ratio <= 1 else 'missed'})")
                 return ratio
 
-            measured_capacity = _measure_capacity(capacity_rps, ratios, probe, bisections)
+            measured_capacity = _measure_capacity(capacity_rps, ratios, probe, capacity_probes)
             say(f"  measured: {measured_capacity.describe()}")
         done("capacity_measured", t)
 
@@ -484,11 +484,15 @@ def _measure_capacity(
     predicted_rps: float,
     ratios: dict[float, float],
     probe: Callable[[float], float],
-    bisections: int,
+    budget: int,
 ) -> MeasuredCapacity:
-    """Bracket the measured crossing around the prediction (see the module docstring).
+    """Bracket the measured crossing around the prediction (see the module docstring) with at
+    most ``budget`` probes: ×0.95 and ×1.05 first, then widening outward until one rate
+    holds and one fails, then bisection with what is left (the demo's time is bounded: a
+    prediction far off spends the budget widening, and the bracket may stay open).
     ``ratios``: rates already measured (the load levels) → SLO ratio; ``probe(rate)``
     measures one more rate (rounded to 1 mHz) and returns its SLO ratio."""
+    asked = 0
 
     def bracket() -> tuple[float | None, float | None]:
         failed = [r for r, v in ratios.items() if v > 1.0]
@@ -497,23 +501,20 @@ def _measure_capacity(
         return (max(passed) if passed else None), high
 
     def ask(rps: float) -> None:
+        nonlocal asked
+        asked += 1
         rps = round(rps, 3)
         ratios[rps] = probe(rps)
 
-    for factor in PROBE_FACTORS:
+    for factor in PROBE_FACTORS[:budget]:
         ask(predicted_rps * factor)
-    for _ in range(MAX_WIDEN):
+    while asked < budget:
         low, high = bracket()
         if high is None:
             ask(max(ratios) * WIDEN)
         elif low is None:
             ask(min(ratios) / WIDEN)
         else:
-            break
-    for _ in range(bisections):
-        low, high = bracket()
-        if low is None or high is None:
-            break
-        ask(math.sqrt(low * high))
+            ask(math.sqrt(low * high))
     low, high = bracket()
     return MeasuredCapacity(low_rps=low, high_rps=high, ratios=dict(sorted(ratios.items())))

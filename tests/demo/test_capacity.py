@@ -35,7 +35,7 @@ def _probe_for(true_capacity: float) -> tuple[list[float], object]:
 def test_the_bracket_closes_around_a_right_prediction() -> None:
     asked, probe = _probe_for(8.2)
     ratios = {0.8: 0.1, 3.2: 0.4, 5.6: 0.7, 7.2: 0.9}  # the load levels, all held
-    found = _measure_capacity(8.0, dict(ratios), probe, bisections=1)  # type: ignore[arg-type]
+    found = _measure_capacity(8.0, dict(ratios), probe, budget=3)  # type: ignore[arg-type]
     # ×0.95 = 7.6 holds, ×1.05 = 8.4 fails; one bisection at √(7.6·8.4) = 7.99 holds
     assert asked == [7.6, 8.4, 7.99]
     assert (found.low_rps, found.high_rps) == (7.99, 8.4)
@@ -45,16 +45,25 @@ def test_the_bracket_closes_around_a_right_prediction() -> None:
 
 def test_the_bracket_widens_when_the_prediction_is_far_off() -> None:
     asked, probe = _probe_for(11.0)  # the stack holds far more than predicted
-    found = _measure_capacity(8.0, {}, probe, bisections=0)  # type: ignore[arg-type]
-    assert asked == [7.6, 8.4, 9.66, 11.109]
-    assert (found.low_rps, found.high_rps) == (9.66, 11.109)
+    found = _measure_capacity(8.0, {}, probe, budget=5)  # type: ignore[arg-type]
+    # widened twice, then one bisection of [9.66, 11.109)
+    assert asked == [7.6, 8.4, 9.66, 11.109, 10.359]
+    assert (found.low_rps, found.high_rps) == (10.359, 11.109)
 
     asked, probe = _probe_for(4.0)  # far less: the lowest probe fails, widen downward
-    found = _measure_capacity(8.0, {}, probe, bisections=0)  # type: ignore[arg-type]
+    found = _measure_capacity(8.0, {}, probe, budget=4)  # type: ignore[arg-type]
     assert asked == [7.6, 8.4, 6.609, 5.747]
     assert found.low_rps is None
     assert found.high_rps == 5.747
     assert "failed at every measured rate" in found.describe()
+
+
+def test_the_probe_budget_bounds_the_search() -> None:
+    asked, probe = _probe_for(11.0)
+    found = _measure_capacity(8.0, {}, probe, budget=3)  # type: ignore[arg-type]
+    assert asked == [7.6, 8.4, 9.66]  # the bracket stays open: the budget is spent
+    assert found.high_rps is None
+    assert "held at every measured rate, up to 9.66" in found.describe()
 
 
 def test_document_reports_the_signed_error_and_the_verdict(tmp_path: Path) -> None:
