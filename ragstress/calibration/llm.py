@@ -54,10 +54,14 @@ other's estimates; they settle at once).
 
 The stage's ``call_overhead`` (the caller's request building, the HTTP hop and the relay
 of the first token: time outside the engine that the model adds before the call arrives)
-is what a call's time to first token *from its send* ``ft − start`` has beyond the engine's
-part. For a call that found the engine idle (no other call in the stage) that part is
-exactly its prefill steps, ``n_prefill·base_s + per_prefill_token_s·P``, so those calls give
-the overhead's mean (with its interval) and spread directly. With fewer than
+is what a call's time to first token *from its send* has beyond the engine's part. The send
+is taken at the request's arrival plus its earlier stages' times (not at its end less the
+stage's time), so the caller's own time between stages — a gateway parsing the request,
+building the prompt, relaying — which belongs to no stage, lands here, before the first
+token, where the model can hold it. For a call that found the engine idle (no other call in
+the stage) that part is exactly its prefill steps, ``n_prefill·base_s +
+per_prefill_token_s·P``, so those calls give the overhead's mean (with its interval) and
+spread directly. With fewer than
 ``MIN_IDLE_CALLS`` of them, every call is used and the step in progress is taken off as
 half a step when the engine was busy (uniform over a step: its variance is taken off the
 spread too) — approximate, since steps carrying other calls' prefill are longer. The fit is
@@ -203,7 +207,10 @@ def engine_rows(sr: StageRun, max_num_seqs: int, replicas: int = 1) -> EngineRow
         p_bar=p_bar,
         k_bar=k_bar,
         ttft=ttft,
-        sent_ttft=ft - start,
+        # from the request's arrival plus its earlier stages' times, not from end − stage
+        # time: the caller's own time between stages (request parsing, prompt building, the
+        # relays) then lands in the first token's overhead, where the model has it
+        sent_ttft=ft - np.where(np.isfinite(sr.start_s), sr.start_s, start),
         busy=np.clip(others / replicas, 0.0, 1.0),
         prompt=prompt,
         d0=d0,

@@ -300,6 +300,31 @@ def test_llm_engine_call_overhead_is_recovered(measured: bool) -> None:
     assert "call overhead gamma" in cal.stage("generate").summary
 
 
+def test_caller_time_outside_every_stage_lands_in_the_call_overhead() -> None:
+    # a gateway's own 2 ms (parsing, prompt building) before the engine call, seen by the
+    # client but by no stage's timing: the first token's overhead takes it, so the model's
+    # TTFT keeps it
+    truth_stage = engine(0.010, 0.001, 1e-5)
+    truth_stage["call_overhead"] = {"kind": "deterministic", "value": 0.004}
+    truth = profile(truth_stage)
+    runs = []
+    for k, rate in enumerate((1, 3)):
+        loaded = run(truth, scenario(rate, duration_s=200, seed=k, **ENGINE_MIX), f"c{rate}")
+        measured = as_measured(loaded.result)
+        req = dict(measured.requests)
+        req["latency_s"] = req["latency_s"] + 0.002
+        req["ttft_s"] = req["ttft_s"] + 0.002
+        runs.append(
+            LoadedRun(
+                loaded.label, RunResult(manifest=measured.manifest, requests=req), loaded.workload
+            )
+        )
+    cal = calibrate(profile(engine(0.010, 0.001, 1e-5)), runs)
+    mean, low, high = cal.stage("generate").details["call_overhead"]
+    assert low <= 0.006 <= high
+    assert mean == pytest.approx(0.006, rel=0.15)
+
+
 def test_llm_engine_without_overhead_fits_none(engine_runs: list[LoadedRun]) -> None:
     for runs in (
         engine_runs,
