@@ -293,6 +293,7 @@ def fit_llm_engine(stage: LlmEngineStage, runs: Sequence[StageRun], options: Opt
         pp_se = float(prefill.fit["slope"].se)
     overhead = _overhead_key(stage, rows, (base, pd, pp, pp_se), options)
     warnings = [w for r in runs for w in load_warnings(r, check_in_flight=False)]
+    warnings += _prompt_mismatch(stage.name, runs)
     came = sum(int((r.full | r.first).sum()) for r in rows)
     full = sum(int(r.full.sum()) for r in rows) / came if came else 0.0
     if full > 0.05:
@@ -371,6 +372,33 @@ def fit_llm_engine(stage: LlmEngineStage, runs: Sequence[StageRun], options: Opt
             "call_overhead": None if overhead is None else overhead[1],
         },
     )
+
+
+PROMPT_MISMATCH = 0.05  # warn when the workload's prompts differ from the served ones by more
+
+
+def _prompt_mismatch(name: str, runs: Sequence[StageRun]) -> list[str]:
+    """A warning when the prompts the service reported (usage: ``tokens_in``) differ from
+    what the runs' scenario makes (the workload rebuilt from it): the model would prefill
+    the scenario's, so its steps and first tokens would be off by the difference."""
+    served: list[np.ndarray] = []
+    planned: list[np.ndarray] = []
+    for r in runs:
+        if r.tokens is None:
+            continue
+        ok = r.usable & (r.tokens_in > 0) & np.isfinite(r.tokens)
+        served.append(r.tokens_in[ok])
+        planned.append(r.tokens[ok])
+    if not served or sum(a.size for a in served) == 0:
+        return []
+    got, want = float(np.concatenate(served).mean()), float(np.concatenate(planned).mean())
+    if want <= 0 or abs(got - want) / want <= PROMPT_MISMATCH:
+        return []
+    return [
+        f"{name}: the service reported prompts of {got:.0f} tokens on average, where the runs' "
+        f"scenario makes {want:.0f} ({(want - got) / got:+.0%}): the model prefills the "
+        "scenario's, so adjust its request mix (chunk_tokens, query_tokens) to what is served"
+    ]
 
 
 def _overhead_key(

@@ -325,6 +325,23 @@ def test_caller_time_outside_every_stage_lands_in_the_call_overhead() -> None:
     assert mean == pytest.approx(0.006, rel=0.15)
 
 
+def test_served_prompts_unlike_the_scenario_are_flagged(engine_runs: list[LoadedRun]) -> None:
+    cal = calibrate(profile(engine(0.010, 0.001, 1e-5)), engine_runs)
+    assert not any("service reported prompts" in w for w in cal.warnings)
+    # the service counted 20 % fewer prompt tokens than the scenario makes
+    shrunk = []
+    for r in engine_runs:
+        req = dict(r.result.requests)
+        req["tokens_in"] = np.round(req["tokens_in"] * 0.8).astype(np.int64)
+        shrunk.append(
+            LoadedRun(r.label, RunResult(manifest=r.result.manifest, requests=req), r.workload)
+        )
+    cal = calibrate(profile(engine(0.010, 0.001, 1e-5)), shrunk)
+    (warning,) = [w for w in cal.warnings if "service reported prompts" in w]
+    assert "(+25%)" in warning
+    assert "chunk_tokens" in warning
+
+
 def test_llm_engine_without_overhead_fits_none(engine_runs: list[LoadedRun]) -> None:
     for runs in (
         engine_runs,
