@@ -79,7 +79,7 @@ CAPACITY_TOLERANCE = 0.02  # the model's search stops at a bracket this narrow (
 PROBE_FACTORS = (0.95, 1.05)  # the first measured capacity probes, around the prediction
 WIDEN = 1.15  # then outward by this factor until one passes and one fails
 BROWNOUT_START_S = 20.0
-CAPACITY_FIVE_PERCENT = 0.05  # the bar for the maximum sustainable rate
+MSR_TOLERANCE = 0.05  # how far the predicted maximum sustainable rate may be off (relative)
 # calibration wants 30 requests per stage; the low-load runs are lengthened (all alike) until
 # they are expected to give this many in their measurement windows together
 CALIBRATION_REQUESTS = 40
@@ -440,7 +440,7 @@ def run_demo(
         capacity_rps,
         predicted_capacity,
         measured_capacity,
-        tolerance=CAPACITY_FIVE_PERCENT,
+        tolerance=MSR_TOLERANCE,
         predicted_ratios=predicted_ratios,
         run_seconds=seconds,
     )
