@@ -15,7 +15,6 @@ bracket's geometric middle, its resolution the bracket's half-width (relative).
 
 from __future__ import annotations
 
-import base64
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -25,13 +24,19 @@ from typing import Any
 from matplotlib.axes import Axes
 
 from ragstress.capacity.search import Capacity
-from ragstress.report.capacity_report import CapacityChart, render_capacity_chart
-from ragstress.report.html import _e
+from ragstress.report.capacity_report import (
+    CapacityChart,
+    _figures_html,
+    _figures_md,
+    render_capacity_chart,
+)
+from ragstress.report.html import _e, _md_table, _table
 from ragstress.results.store import write_atomic
 
 __all__ = ["MeasuredCapacity", "capacity_document", "capacity_markdown", "write_capacity_report"]
 
 CAPACITY_CHART = "capacity"
+Table = tuple[list[str], list[list[str]]]  # headers, rows
 
 
 @dataclass(frozen=True)
@@ -214,49 +219,69 @@ def _chart(doc: Mapping[str, Any]) -> CapacityChart:
     )
 
 
-def capacity_markdown(doc: Mapping[str, Any]) -> str:
-    """The report's capacity section, in Markdown."""
+def _sections(doc: Mapping[str, Any]) -> tuple[str, Table, Table | None, str]:
+    """The capacity section's parts, rendered by both formats: the definition, the summary
+    table, the per-rate table (None when nothing was measured) and the note."""
     measured = doc["measured"]
     rel = doc["rel_error"]
-    lines = [
-        "## Maximum sustainable rate",
-        "",
-        f"Definition: {doc['definition']}.",
-        "",
-        "| figure | value |",
-        "|---|---|",
-        f"| predicted (calibrated model) | {doc['predicted_rps']:.4g} req/s |",
-    ]
+    rows = [["predicted (calibrated model)", f"{doc['predicted_rps']:.4g} req/s"]]
     if measured is not None:
         est = measured["estimate_rps"]
-        lines.append(
-            "| measured (reference stack) | "
-            + (
+        rows.append(
+            [
+                "measured (reference stack)",
                 f"{est:.4g} req/s ± {measured['resolution']:.1%}"
                 if est is not None
-                else "no bracket"
-            )
-            + " |"
+                else "no bracket",
+            ]
         )
     verdict = "—" if doc["within"] is None else ("ok" if doc["within"] else "MISS")
     error = "—" if rel is None else f"{rel:+.2%}"
-    lines += [
-        f"| error (predicted − measured) / measured | {error} (tolerance ±{doc['tolerance']:.0%})"
-        f" {verdict} |",
-        "",
-        doc["note"],
-    ]
-    if measured is not None and measured["probes"]:
-        lines += [
-            "",
-            "| rate (req/s) | measured SLO ratio | predicted SLO ratio | held |",
-            "|---|---|---|---|",
+    rows.append(
+        [
+            "error (predicted − measured) / measured",
+            f"{error} (tolerance ±{doc['tolerance']:.0%}) {verdict}",
         ]
-        for p in measured["probes"]:
-            m = "—" if p["slo_ratio"] is None else f"{p['slo_ratio']:.3g}"
-            q = "—" if p["predicted_slo_ratio"] is None else f"{p['predicted_slo_ratio']:.3g}"
-            lines.append(f"| {p['rate_rps']:g} | {m} | {q} | {'yes' if p['met'] else 'no'} |")
-    return "\n".join(lines)
+    )
+    summary: Table = (["figure", "value"], rows)
+    probes: Table | None = None
+    if measured is not None and measured["probes"]:
+        probes = (
+            ["rate (req/s)", "measured SLO ratio", "predicted SLO ratio", "held"],
+            [
+                [
+                    f"{p['rate_rps']:g}",
+                    "—" if p["slo_ratio"] is None else f"{p['slo_ratio']:.3g}",
+                    "—" if p["predicted_slo_ratio"] is None else f"{p['predicted_slo_ratio']:.3g}",
+                    "yes" if p["met"] else "no",
+                ]
+                for p in measured["probes"]
+            ],
+        )
+    return f"Definition: {doc['definition']}.", summary, probes, str(doc["note"])
+
+
+def capacity_markdown(doc: Mapping[str, Any]) -> str:
+    """The report's capacity section, in Markdown."""
+    definition, summary, probes, note = _sections(doc)
+    parts = ["## Maximum sustainable rate", definition, _md_table(*summary), note]
+    if probes is not None:
+        parts.append(_md_table(*probes))
+    return "\n\n".join(parts)
+
+
+def _capacity_html(doc: Mapping[str, Any], chart: CapacityChart, png: bytes) -> str:
+    definition, summary, probes, note = _sections(doc)
+    parts = [
+        "<h2>Maximum sustainable rate</h2>",
+        f"<p>{_e(definition)}</p>",
+        _table(*summary),
+        f"<p>{_e(note)}</p>",
+    ]
+    if probes is not None:
+        parts.append(_table(*probes))
+    parts += _figures_html([chart], {chart.png: png})
+    return "".join(parts)
 
 
 def write_capacity_report(doc: Mapping[str, Any], folder: Path) -> list[Path]:
@@ -267,38 +292,16 @@ def write_capacity_report(doc: Mapping[str, Any], folder: Path) -> list[Path]:
     written = [folder / chart.png, folder / chart.svg]
     write_atomic(written[0], png)
     write_atomic(written[1], svg)
-    section = capacity_markdown(doc)
     md = folder / "validation.md"
     if md.is_file():
+        section = "\n".join([capacity_markdown(doc), "", *_figures_md([chart])])
         text = md.read_text(encoding="utf-8").rstrip("\n")
-        md.write_text(f"{text}\n\n{section}\n\n![{chart.title}]({chart.png})\n", encoding="utf-8")
+        write_atomic(md, f"{text}\n\n{section}\n".encode())
         written.append(md)
     html = folder / "validation.html"
     if html.is_file():
-        body = "".join(
-            f"<p>{_e(line)}</p>" if line and not line.startswith(("|", "#")) else ""
-            for line in section.splitlines()
-        )
-        rows = [
-            line.strip("|").split("|")
-            for line in section.splitlines()
-            if line.startswith("|") and not line.startswith("|---")
-        ]
-        table = (
-            "<table>"
-            + "".join(
-                "<tr>" + "".join(f"<td>{_e(c.strip())}</td>" for c in row) + "</tr>" for row in rows
-            )
-            + "</table>"
-        )
-        image = base64.b64encode(png).decode("ascii")
-        block = (
-            f"<h2>Maximum sustainable rate</h2>{body}{table}"
-            f'<figure><img alt="{_e(chart.title)}" src="data:image/png;base64,{image}">'
-            f"<figcaption>{_e(chart.caption)}</figcaption></figure>"
-        )
         text = html.read_text(encoding="utf-8")
-        text = text.replace("</body>", block + "</body>", 1)
-        html.write_text(text, encoding="utf-8")
+        text = text.replace("</body>", _capacity_html(doc, chart, png) + "</body>", 1)
+        write_atomic(html, text.encode("utf-8"))
         written.append(html)
     return written
