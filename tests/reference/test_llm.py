@@ -194,6 +194,8 @@ def test_stream_without_usage_and_an_abandoned_stream_runs_to_its_end() -> None:
             metrics = await (await client.get("/metrics")).text()
             assert "ragstress_llm_generation_tokens_total 23.0" in metrics
             assert "ragstress_llm_running_sequences 0.0" in metrics
+            # streams count their first token as written, the abandoned one too
+            assert "ragstress_llm_time_to_first_token_seconds_count 2.0" in metrics
 
     run(go)
 
@@ -309,6 +311,14 @@ def test_healthz_models_and_metrics() -> None:
             assert float(steps[0].split()[-1]) >= 4
             assert "ragstress_llm_step_duration_seconds_bucket" in text
             assert "ragstress_llm_step_lateness_seconds_count" in text
+            # one first token per answer, each at least one step (5 ms) after its arrival
+            assert "ragstress_llm_time_to_first_token_seconds_count 2.0" in text
+            (ttft_sum,) = [
+                float(ln.split()[-1])
+                for ln in text.splitlines()
+                if ln.startswith("ragstress_llm_time_to_first_token_seconds_sum")
+            ]
+            assert 2 * 0.005 <= ttft_sum < 2 * 0.2
 
     run(go)
 
