@@ -252,7 +252,10 @@ class _Metrics:
         self.time_to_first_token = Histogram(
             "ragstress_llm_time_to_first_token_seconds",
             "From a request's arrival at the service to its first token written",
-            buckets=(0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5),
+            buckets=(
+                *(0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75),
+                *(1.0, 2.5, 5.0, 7.5, 10.0),
+            ),
             registry=r,
         )
         self.running = Gauge("ragstress_llm_running_sequences", "Sequences running", registry=r)
